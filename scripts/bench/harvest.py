@@ -1,0 +1,77 @@
+"""Benchmark: harvesting vs a bare forward pass to the same layer, side by side in one run.
+
+DESIGN.md target: harvesting runs at >= 90 % of a bare forward pass to the hooked layer.
+
+    python scripts/bench/harvest.py [--model default] [--hook resid.8] [--tokens 32768]
+
+Three timings over the same contexts, same batch size:
+- full forward: all layers (what a harvest without early stopping would cost);
+- bare forward to the hook: the forward pass stopped after the hooked block, nothing kept;
+- harvest: `sae_kit.harvest.harvest` end to end (packing, forward, copies, shard writes, hashing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from itertools import islice
+
+import torch
+
+from sae_kit.corpus import CorpusSpec, iter_documents, pack_contexts
+from sae_kit.harvest import HarvestConfig, harvest
+from sae_kit.hooks import resolve_hooks, run_to_hooks
+from sae_kit.models import load_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--hook", default="resid.8")
+    parser.add_argument("--tokens", type=int, default=32_768)
+    parser.add_argument("--context-len", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+
+    loaded = load_model(args.model)
+    names = resolve_hooks(loaded.model, [args.hook])
+    n_contexts = args.tokens // args.context_len
+    contexts = list(islice(pack_contexts(iter_documents(CorpusSpec()), loaded.tokenizer, args.context_len), n_contexts))
+    batches = [torch.tensor(contexts[i : i + args.batch_size], device=loaded.device)
+               for i in range(0, len(contexts), args.batch_size)]
+    tokens = sum(b.numel() for b in batches)
+    run_to_hooks(loaded.model, batches[0], names)  # warm-up
+
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    def full_forward():
+        with torch.no_grad():
+            for batch in batches:
+                loaded.model(input_ids=batch, use_cache=False)
+
+    def bare_to_hook():
+        for batch in batches:
+            run_to_hooks(loaded.model, batch, names)
+
+    def run_harvest():
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = HarvestConfig(out=f"{tmp}/store", model=args.model, hooks=(args.hook,), tokens=tokens,
+                                context_len=args.context_len, batch_size=args.batch_size)
+            harvest(cfg, loaded=loaded, progress=False)
+
+    results = {"full forward (all layers)": timed(full_forward),
+               f"bare forward to {args.hook}": timed(bare_to_hook),
+               "harvest (end to end)": timed(run_harvest)}
+    bare = results[f"bare forward to {args.hook}"]
+    print(f"\n{tokens} tokens, model {loaded.name}, {torch.get_num_threads()} threads, device {loaded.device}")
+    print(f"{'what':<32} {'seconds':>8} {'tokens/s':>10} {'vs bare':>8}")
+    for what, seconds in results.items():
+        print(f"{what:<32} {seconds:8.2f} {tokens / seconds:10.0f} {bare / seconds:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
