@@ -526,4 +526,12 @@ def _prefetched(generator: Iterator[torch.Tensor], depth: int) -> Iterator[torch
                 raise item
             yield item
     finally:
+        # Stop the producer and wait for it: a daemon thread still inside torch when the
+        # interpreter exits aborts the process ("terminate called without an active exception").
         stop.set()
+        while thread.is_alive():
+            try:
+                items.get(timeout=0.05)
+            except queue.Empty:
+                pass
+            thread.join(timeout=0.05)

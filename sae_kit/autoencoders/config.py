@@ -1,0 +1,129 @@
+"""The autoencoder config (one frozen dataclass for all five architectures) and forward output."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+import torch
+
+from sae_kit.errors import SaeKitError
+
+Arch = Literal["sae", "topk", "ae", "dae", "vae", "pca"]
+ARCHS: tuple[str, ...] = ("sae", "topk", "ae", "dae", "vae", "pca")
+ARCH_DESCRIPTIONS = {
+    "sae": "sparse autoencoder, ReLU + decoder-norm-weighted L1 (Anthropic, April 2024)",
+    "topk": "sparse autoencoder, TopK activation + AuxK loss (Gao et al. 2024)",
+    "ae": "dense autoencoder (ReLU, no sparsity penalty)",
+    "dae": "denoising autoencoder (dense AE trained on corrupted inputs, clean targets)",
+    "vae": "variational autoencoder (Gaussian encoder, KL to N(0, I); Kingma & Welling 2014)",
+    "pca": "PCA in closed form from the data covariance",
+}
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """What a saved autoencoder is: enough to rebuild it and load its weights.
+
+    Fields that do not apply to `arch` keep their defaults and are ignored.
+    """
+
+    arch: Arch
+    """Which model: sae | topk | ae | dae | vae | pca (see ARCH_DESCRIPTIONS)."""
+    d_in: int
+    """Input width: the hooked activation's dimension."""
+    d_sae: int
+    """Number of latents (for PCA: components, at most d_in)."""
+    l1_coefficient: float = 5.0
+    """λ of the sae loss ‖x − x̂‖² + λ Σ_i z_i ‖W_dec,i‖ (Anthropic April 2024: 5 at E‖x‖ = √d)."""
+    k: int | None = None
+    """Active latents per token of the topk model (required for arch='topk')."""
+    auxk_coefficient: float = 1 / 32
+    """Weight α of the AuxK loss for dead latents (Gao et al. 2024 use 1/32); 0 turns it off."""
+    auxk_k: int | None = None
+    """Latents the AuxK loss lets through (k_aux); None means d_in // 2 (as in Gao et al. / SAELens)."""
+    decoder_norm: Literal["free", "unit"] | None = None
+    """'free': decoder columns unconstrained (the April 2024 recipe, norm-weighted L1); 'unit':
+    columns kept at norm 1 with the parallel gradient removed (Anthropic 2023, Gao et al. 2024).
+    None means the architecture's default: 'unit' for topk, 'free' otherwise."""
+    init_decoder_norm: float = 0.1
+    """Norm of each decoder column at init; W_enc = W_decᵀ (April 2024). Unit-norm decoders use 1."""
+    corruption: Literal["gaussian", "dropout"] = "gaussian"
+    """Denoising (dae): add Gaussian noise to the input, or zero input coordinates at random."""
+    corruption_level: float = 0.2
+    """Denoising: the noise std (in units of the normalised input, whose per-coordinate RMS is
+    about 1) or the dropout probability."""
+    beta: float = 1.0
+    """VAE: weight β of the KL term (β = 1 is the plain ELBO)."""
+    hook: str | None = None
+    """The hook point the model was trained on (module name or alias), if known."""
+    metadata: dict = field(default_factory=dict)
+    """Provenance (store path, LM spec, input scale folded in, …): JSON-serialisable, free-form."""
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise SaeKitError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        if self.d_in < 1 or self.d_sae < 1:
+            raise SaeKitError(f"d_in and d_sae must be positive (got d_in={self.d_in}, d_sae={self.d_sae})")
+        if self.arch == "topk":
+            if self.k is None:
+                raise SaeKitError("arch 'topk' needs k (active latents per token), e.g. --k 32")
+            if not 1 <= self.k <= self.d_sae:
+                raise SaeKitError(f"k must be between 1 and d_sae={self.d_sae} (got {self.k})")
+        if self.arch == "pca" and self.d_sae > self.d_in:
+            raise SaeKitError(f"PCA has at most d_in={self.d_in} components (asked for {self.d_sae})")
+        if self.l1_coefficient < 0 or self.beta < 0 or self.auxk_coefficient < 0:
+            raise SaeKitError("l1_coefficient, beta and auxk_coefficient must be non-negative")
+        if self.corruption not in ("gaussian", "dropout"):
+            raise SaeKitError(f"corruption must be 'gaussian' or 'dropout' (got {self.corruption!r})")
+        if self.corruption == "dropout" and not 0 <= self.corruption_level < 1:
+            raise SaeKitError(f"a dropout probability must be in [0, 1) (got {self.corruption_level})")
+        if self.decoder_norm not in (None, "free", "unit"):
+            raise SaeKitError(f"decoder_norm must be 'free' or 'unit' (got {self.decoder_norm!r})")
+        if self.decoder_norm is None:  # resolve the architecture default once, at construction
+            object.__setattr__(self, "decoder_norm", "unit" if self.arch == "topk" else "free")
+        try:
+            json.dumps(self.metadata)
+        except TypeError as err:
+            raise SaeKitError(f"autoencoder metadata must be JSON-serialisable ({err})") from err
+
+    @property
+    def k_aux(self) -> int:
+        """Latents the AuxK loss lets through: auxk_k, or d_in // 2."""
+        return self.auxk_k if self.auxk_k is not None else max(1, self.d_in // 2)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AutoencoderConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SaeKitError(f"unknown autoencoder config field(s) {', '.join(unknown)}; written by a newer sae-kit?")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "AutoencoderConfig":
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes) -> "AutoencoderConfig":
+        return dataclasses.replace(self, **changes)
+
+
+class ForwardOutput(NamedTuple):
+    """What every autoencoder's forward pass returns."""
+
+    x_hat: torch.Tensor
+    """[..., d_in] the reconstruction of the (clean) input."""
+    z: torch.Tensor
+    """[..., d_sae] the latents used to reconstruct (VAE in training: the sample μ + σ ⊙ ε)."""
+    losses: dict[str, torch.Tensor]
+    """Named scalar loss terms, already weighted: `loss` is their sum (e.g. reconstruction, l1)."""
+    loss: torch.Tensor
+    """The scalar training loss, Σ losses.values()."""
