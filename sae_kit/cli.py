@@ -32,11 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:  # TODO(before release): make strict again; stages are landing one by one
-            module = importlib.import_module(name)
-            module.add_cli(subparsers)
-        except Exception as err:  # noqa: BLE001
-            print(f"sae-kit: skipping {name} ({err})", file=sys.stderr)
+        importlib.import_module(name).add_cli(subparsers)
     return parser
 
 
