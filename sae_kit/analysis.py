@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import queue
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from sae_kit import __version__
+from sae_kit.artifacts import prepare_output_dir
 from sae_kit.errors import SaeKitError
 from sae_kit.feature_analysis import (FORMAT, INFO_FILE, SORT_KEYS, TENSORS_FILE, TOKENIZER_DIR, FeatureAnalysis,
                                       load_analysis, parse_feature_list, select_features)
@@ -271,14 +271,7 @@ def analyze(cfg: AnalysisConfig, *, autoencoder=None, lm=None, overwrite: bool =
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise SaeKitError(f"--out {out} is a file; name a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / INFO_FILE).is_file():
-            raise SaeKitError(f"{out} is not empty and holds no analysis; choose another --out")
-        if not overwrite:
-            raise SaeKitError(f"{out} already holds an analysis; pass --overwrite to replace it")
-        shutil.rmtree(out / TOKENIZER_DIR, ignore_errors=True)
+    prepare_output_dir(out, INFO_FILE, "an analysis", overwrite, clear=(TOKENIZER_DIR,))
 
 
 def _write(out: Path, info: dict, tensors: dict[str, torch.Tensor]) -> None:

@@ -68,9 +68,9 @@ class DemoConfig:
     """Features shown in the report's gallery."""
     steer_features: int = 3
     """Features picked automatically for steering sweeps."""
-    steer_values: tuple[float, ...] = (-2.0, 0.0, 1.0, 2.0, 5.0)
+    steer_values: tuple[float, ...] = (-1.0, 0.0, 0.25, 0.5, 1.0, 2.0)
     """Clamp values, in multiples of each feature's max activation. On this 135M model the text
-    degenerates from about 2× up (DESIGN's −10…10 range is for much larger models)."""
+    degenerates from about 1× up (DESIGN's −10…10 range is for much larger models)."""
     steer_prompts: tuple[str, ...] = (
         "The main purpose of this module is",
         "def read_config(path):\n    \"\"\"",

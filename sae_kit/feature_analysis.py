@@ -11,13 +11,13 @@ Written by `sae_kit.analysis.analyze`; everything here is re-exported from `sae_
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from sae_kit.artifacts import read_tagged_json
 from sae_kit.errors import SaeKitError
 
 FORMAT = "sae-kit-analysis"
@@ -127,15 +127,7 @@ LOGIT_FIELDS = ("promoted_ids", "promoted_logits", "suppressed_ids", "suppressed
 def load_analysis(path: str | Path) -> FeatureAnalysis:
     """Read an analysis directory written by `analyze`."""
     path = Path(path)
-    file = path / INFO_FILE
-    if not file.is_file():
-        raise SaeKitError(f"{path} is not an analysis directory (no {INFO_FILE}); create one with `sae-kit analyze`")
-    try:
-        info = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise SaeKitError(f"{file} is not valid JSON ({err})") from err
-    if info.get("format") != FORMAT:
-        raise SaeKitError(f"{file} is not an sae-kit analysis")
+    info = read_tagged_json(path, INFO_FILE, FORMAT, "an analysis directory", "`sae-kit analyze`")
     try:
         tensors = load_file(str(path / TENSORS_FILE))
     except FileNotFoundError:

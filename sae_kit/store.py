@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from sae_kit.artifacts import read_tagged_json
 from sae_kit.errors import SaeKitError
 
 FORMAT = "sae-kit-activation-store"
@@ -171,17 +172,7 @@ def merge_rank_manifests(path: Path) -> dict:
 
 
 def read_manifest(path: Path) -> dict:
-    path = Path(path)
-    file = path / MANIFEST
-    if not file.is_file():
-        raise SaeKitError(f"{path} is not an activation store (no {MANIFEST}); create one with `sae-kit harvest`")
-    try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise SaeKitError(f"{file} is not valid JSON ({err}); the store is damaged") from err
-    if manifest.get("format") != FORMAT:
-        raise SaeKitError(f"{file} is not an sae-kit activation store manifest")
-    return manifest
+    return read_tagged_json(path, MANIFEST, FORMAT, "an activation store", "`sae-kit harvest`")
 
 
 # ----------------------------------------------------------------------------- reading

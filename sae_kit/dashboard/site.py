@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from importlib import resources
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 from sae_kit import __version__
 from sae_kit.analysis import load_analysis, select_features
 from sae_kit.dashboard.pages import embed_json, feature_page_data, index_data, index_row, render
+from sae_kit.artifacts import prepare_output_dir
 from sae_kit.errors import SaeKitError
 from sae_kit.feature_examples import example_windows
 from sae_kit.store import ActivationStore
@@ -136,14 +136,7 @@ def _choose(analysis, features, top, sort_by, min_density, max_density) -> list[
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise SaeKitError(f"--out {out} is a file; name a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / SITE_FILE).is_file():
-            raise SaeKitError(f"{out} is not empty and holds no dashboard; choose another --out")
-        if not overwrite:
-            raise SaeKitError(f"{out} already holds a dashboard; pass --overwrite to replace it")
-        shutil.rmtree(out / "features", ignore_errors=True)
+    prepare_output_dir(out, SITE_FILE, "a dashboard", overwrite, clear=("features",))
 
 
 def _write_text(path: Path, text: str) -> None:
