@@ -136,16 +136,19 @@ def training_curves_figure(curves: dict[str, list[dict]]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    from plotly.colors import qualitative
+
     fig = make_subplots(rows=1, cols=2, subplot_titles=("FVU (training batches)", "L0 (active latents per token)"))
-    for name, rows in curves.items():
+    for i, (name, rows) in enumerate(curves.items()):
         rows = [r for r in rows if "fvu" in r]
         if not rows:
             continue
         tokens = [r["tokens"] for r in rows]
-        fig.add_trace(go.Scatter(x=tokens, y=[r["fvu"] for r in rows], name=name, mode="lines",
+        line = dict(color=qualitative.Plotly[i % len(qualitative.Plotly)])  # same colour in both panels
+        fig.add_trace(go.Scatter(x=tokens, y=[r["fvu"] for r in rows], name=name, mode="lines", line=line,
                                  legendgroup=name), row=1, col=1)
         if any(r.get("l0") is not None for r in rows):
-            fig.add_trace(go.Scatter(x=tokens, y=[r.get("l0") for r in rows], name=name, mode="lines",
+            fig.add_trace(go.Scatter(x=tokens, y=[r.get("l0") for r in rows], name=name, mode="lines", line=line,
                                      legendgroup=name, showlegend=False), row=1, col=2)
     fig.update_xaxes(title_text="training tokens")
     fig.update_yaxes(type="log", row=1, col=1)
