@@ -10,10 +10,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,8 +168,12 @@ def load_model(
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # GGUF loading warns once per tensor about nothing actionable
     hf_logging.disable_progress_bar()  # per-tensor de-quantisation bars drown our own progress
+    if "gguf_file" in kwargs:
+        print(f"loading {name} from GGUF (de-quantising to {str(torch_dtype).removeprefix('torch.')}) …",
+              file=sys.stderr)
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
+        with _quiet_gguf_progress():
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as err:
         raise SaeKitError(_load_failure("model", spec, err)) from err
     finally:
@@ -174,6 +181,25 @@ def load_model(
         hf_logging.enable_progress_bar()
     model.to(torch_device).eval().requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, name=name)
+
+
+@contextmanager
+def _quiet_gguf_progress():
+    """Silence the per-tensor tqdm bar of transformers' GGUF loader (it ignores
+    `disable_progress_bar`), restoring it afterwards; harmless if the module changes."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is not None:
+        gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.tqdm = original
 
 
 def _load_failure(what: str, spec: str, err: Exception) -> str:
