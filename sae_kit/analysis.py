@@ -14,7 +14,6 @@ defined in `sae_kit.feature_stats`, the logit effects in `sae_kit.logit_effects`
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import queue
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 
 from sae_kit import __version__
 from sae_kit.artifacts import prepare_output_dir
+from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
 from sae_kit.feature_analysis import (FORMAT, INFO_FILE, SORT_KEYS, TENSORS_FILE, TOKENIZER_DIR, FeatureAnalysis,
                                       load_analysis, parse_feature_list, select_features)
@@ -42,7 +42,7 @@ __all__ = ["AnalysisConfig", "FeatureAnalysis", "SORT_KEYS", "add_cli", "analyze
 
 
 @dataclass(frozen=True)
-class AnalysisConfig:
+class AnalysisConfig(JsonConfig):
     """Everything that defines an analysis pass; saved in analysis.json."""
 
     run: str | None
@@ -85,9 +85,6 @@ class AnalysisConfig:
         if self.hist_bins < 2 * self.n_quantiles or self.hist_bins & (self.hist_bins - 1):
             raise SaeKitError(f"hist-bins must be a power of two and at least 2 × quantiles = {2 * self.n_quantiles} "
                               f"(got {self.hist_bins})")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 # ----------------------------------------------------------------------------- streaming

@@ -15,7 +15,6 @@ finishes; a re-run skips finished stages and resumes an interrupted harvest or t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
@@ -23,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
 
 STAGES = ("harvest", "train", "evaluate", "analyze", "dashboard", "steer", "report")
@@ -30,7 +30,7 @@ STATE_FILE = "demo-state.json"
 
 
 @dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(JsonConfig):
     """Settings of the demo; the defaults are the full run on this 2-core machine (< 20 min)."""
 
     work: str = "runs/demo"
@@ -85,9 +85,6 @@ class DemoConfig:
     """Seed for training and generation."""
     quick: bool = False
     """A reduced run (used by the tests): see `quick_config`."""
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def quick_config(**overrides) -> DemoConfig:

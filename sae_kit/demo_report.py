@@ -218,27 +218,34 @@ def _feature_page(site_root: str, feature: int) -> str:
     return f"{site_root}/features/{feature}.html"
 
 
-def _examples(ctx, analysis, feature: int, n: int = 4) -> list[str]:
-    """The feature's top examples as text: the window with the max token in «», and its value."""
+def _examples(ctx, analysis, features: list[int], n: int = 4) -> dict[int, list[str]]:
+    """Each feature's top examples as text: the window with the max token in «», and its value.
+
+    One `example_windows` call for all features: the store's contexts are read and re-encoded once.
+    """
     from sae_kit.feature_examples import example_windows
     from sae_kit.token_display import display_tokens
 
-    windows = example_windows(analysis, [feature], autoencoder=ctx.sae, before=10, after=4)
-    tokenizer = ctx.lm.tokenizer
-    ids = sorted({int(t) for t in windows.tokens[0, :n].flatten().tolist() if t >= 0})
-    names = display_tokens(tokenizer, ids)
-    lines = []
-    for slot in range(min(n, windows.centers.shape[1])):
-        if windows.centers[0, slot] < 0:
-            break
-        pieces = []
-        for col, token in enumerate(windows.tokens[0, slot].tolist()):
-            if token < 0:
-                continue
-            text = names.get(token, "?").replace("`", "'")
-            pieces.append(f"«{text}»" if col == windows.before else text)
-        lines.append(f"`{''.join(pieces)}` ({windows.center_values[0, slot]:.2f})")
-    return lines
+    if not features:
+        return {}
+    windows = example_windows(analysis, features, autoencoder=ctx.sae, before=10, after=4)
+    ids = sorted({int(t) for t in windows.tokens[:, :n].flatten().tolist() if t >= 0})
+    names = display_tokens(ctx.lm.tokenizer, ids)
+    out = {}
+    for row, feature in enumerate(features):
+        lines = []
+        for slot in range(min(n, windows.centers.shape[1])):
+            if windows.centers[row, slot] < 0:
+                break
+            pieces = []
+            for col, token in enumerate(windows.tokens[row, slot].tolist()):
+                if token < 0:
+                    continue
+                text = names.get(token, "?").replace("`", "'")
+                pieces.append(f"«{text}»" if col == windows.before else text)
+            lines.append(f"`{''.join(pieces)}` ({windows.center_values[row, slot]:.2f})")
+        out[feature] = lines
+    return out
 
 
 # ----------------------------------------------------------------------------- sections
@@ -289,6 +296,7 @@ def _gallery_section(ctx, analysis, gallery: list[int], screenshots: dict[str, s
     if screenshots:
         lines += [f"![{name}]({path})" for name, path in screenshots.items()] + [""]
     promoted = analysis.promoted_ids
+    examples = _examples(ctx, analysis, gallery)
     for feature in gallery:
         tokens = ""
         if promoted is not None:
@@ -297,7 +305,7 @@ def _gallery_section(ctx, analysis, gallery: list[int], screenshots: dict[str, s
         lines += [f"### [Feature {feature}]({_feature_page('dashboard', feature)})", "",
                   f"density {analysis.density[feature]:.2e} · max activation {analysis.max_activation[feature]:.2f}"
                   + (f" · promotes {tokens}" if tokens else ""), ""]
-        lines += [f"- {line}" for line in _examples(ctx, analysis, feature)] + [""]
+        lines += [f"- {line}" for line in examples[feature]] + [""]
     return lines
 
 

@@ -18,12 +18,15 @@ from typing import Literal
 import torch
 
 from sae_kit.autoencoders import ARCHS, AutoencoderConfig
+from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """Everything that defines a training run; saved in every run's config.json."""
+
+    config_name = "training config"
 
     store: str
     """Activation store directory (from `sae-kit harvest`)."""
@@ -126,28 +129,6 @@ class TrainConfig:
             raise SaeKitError(f"--dtype must be float32 or bfloat16 (got {self.dtype!r})")
         if self.b_dec_init not in ("zeros", "mean", "geometric_median"):
             raise SaeKitError(f"b_dec_init must be zeros, mean or geometric_median (got {self.b_dec_init!r})")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SaeKitError(f"unknown training config field(s): {', '.join(unknown)}")
-        data = dict(data)
-        for name in ("archs", "l1_coefficients", "ks"):
-            if name in data:
-                data[name] = tuple(data[name])
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
-        return cls.from_dict(json.loads(text))
 
     def describe(self) -> str:
         """Every field with its value, one per line, '(default)' or '(set)' beside it."""

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import torch
 
+from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
 
 Arch = Literal["sae", "topk", "ae", "dae", "vae", "pca"]
@@ -24,11 +24,13 @@ ARCH_DESCRIPTIONS = {
 
 
 @dataclass(frozen=True)
-class AutoencoderConfig:
+class AutoencoderConfig(JsonConfig):
     """What a saved autoencoder is: enough to rebuild it and load its weights.
 
     Fields that do not apply to `arch` keep their defaults and are ignored.
     """
+
+    config_name = "autoencoder config"
 
     arch: Arch
     """Which model: sae | topk | ae | dae | vae | pca (see ARCH_DESCRIPTIONS)."""
@@ -93,27 +95,6 @@ class AutoencoderConfig:
     def k_aux(self) -> int:
         """Latents the AuxK loss lets through: auxk_k, or d_in // 2."""
         return self.auxk_k if self.auxk_k is not None else max(1, self.d_in // 2)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "AutoencoderConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SaeKitError(f"unknown autoencoder config field(s) {', '.join(unknown)}; written by a newer sae-kit?")
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> "AutoencoderConfig":
-        return cls.from_dict(json.loads(text))
-
-    def replace(self, **changes) -> "AutoencoderConfig":
-        return dataclasses.replace(self, **changes)
 
 
 class ForwardOutput(NamedTuple):
