@@ -1,17 +1,81 @@
-"""Helpers shared by every stage directory: reading its tagged JSON and guarding its output dir.
+"""What every stage directory shares: atomic writes, its tagged JSON, its output-dir guard, plotly.js.
 
 Each stage writes a directory with a JSON file naming its format (`manifest.json` of a store,
-`analysis.json` of an analysis, `site.json` of a dashboard); these helpers give all of them the
-same checks and the same one-line errors.
+`config.json` of a run, `analysis.json` of an analysis, `site.json` of a dashboard). Every file
+of those directories is written here, to a temporary name first and then renamed, so a reader
+(or a process killed mid-write) never sees half a file; figures load plotly.js from a copy that
+`write_plotly_js` puts beside them, never from a CDN.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 from sae_kit.errors import SaeKitError
+
+PLOTLY_FILE = "plotly.min.js"
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> Path:
+    """Write `data` to `path` via a temporary file (fsynced unless told not to) and a rename."""
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a kill leaves the old file, not a stray temporary
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str, *, fsync: bool = False) -> Path:
+    """Write UTF-8 `text` atomically (pages and reports: no fsync unless asked)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def atomic_write_json(path: str | Path, payload, *, fsync: bool = True) -> Path:
+    """Write `payload` as indented JSON atomically (manifests and configs: fsynced)."""
+    return atomic_write_bytes(path, (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
+                              fsync=fsync)
+
+
+def atomic_save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+    """Write a safetensors file atomically: {name: tensor} (made contiguous) + string metadata."""
+    from safetensors.torch import save
+
+    data = save({name: t.contiguous() for name, t in tensors.items()}, metadata=metadata)
+    return atomic_write_bytes(path, data)
+
+
+def write_plotly_js(directory: str | Path) -> Path:
+    """plotly.min.js from the installed plotly package, written into `directory` once; returns its path."""
+    from plotly.offline import get_plotlyjs
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / PLOTLY_FILE
+    script = get_plotlyjs()
+    if not path.is_file() or path.stat().st_size != len(script.encode("utf-8")):
+        atomic_write_text(path, script)
+    return path
+
+
+# ----------------------------------------------------------------------------- stage directories
 
 
 def read_tagged_json(directory: str | Path, file_name: str, fmt: str, what: str, create_with: str) -> dict:
@@ -25,10 +89,11 @@ def read_tagged_json(directory: str | Path, file_name: str, fmt: str, what: str,
         raise SaeKitError(f"{directory} is not {what} (no {file_name}); create one with {create_with}")
     try:
         payload = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SaeKitError(f"{file} is not valid JSON ({err}); {what} there is damaged") from err
-    if payload.get("format") != fmt:
-        raise SaeKitError(f"{file} is not the JSON of {what} (format {payload.get('format')!r}, expected {fmt!r})")
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise SaeKitError(f"{file} is not the JSON of {what} (format {found!r}, expected {fmt!r})")
     return payload
 
 

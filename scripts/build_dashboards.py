@@ -19,8 +19,7 @@ from pathlib import Path
 from sae_kit.analysis import AnalysisConfig, analyze, load_analysis, select_features
 from sae_kit.dashboard import build_site
 from sae_kit.harvest import HarvestConfig, harvest
-from sae_kit.recipe import TrainConfig
-from sae_kit.train import train
+from sae_kit.training import TrainConfig, train
 
 FULL = dict(tokens=100_000, context_len=128, expansion=8, train_tokens=2_000_000, lr=4e-4, batch=4096, pages=300)
 QUICK = dict(tokens=4_096, context_len=32, expansion=2, train_tokens=16_384, lr=1e-3, batch=512, pages=12)

@@ -1,7 +1,7 @@
 """The classic autoencoders on images: sae-kit's autoencoder core trained on 8×8 digits.
 
 A small companion report to the language-model runs. The same models (`sae_kit.autoencoders`)
-and the same training loop (`sae_kit.train.fit`, with the library's recipe: inputs scaled so
+and the same training loop (`sae_kit.training.fit`, with the library's recipe: inputs scaled so
 E‖x‖ = √d_in, λ warm-up, lr decay, gradient clipping) are trained on the 1,797 handwritten
 digits that scikit-learn ships (`load_digits`, no download), where every input and every
 decoder direction is a picture:
@@ -29,8 +29,8 @@ import ast
 import dataclasses
 import importlib.metadata
 import inspect
-import os
 import json
+import os
 import platform
 import shlex
 import sys
@@ -43,10 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae_kit import __version__, losses
+from sae_kit import __version__
 from sae_kit.autoencoders import Autoencoder, AutoencoderConfig, build_autoencoder
-from sae_kit.recipe import ModelSpec, TrainConfig, estimate_input_stats
-from sae_kit.train import fit, make_slot
+from sae_kit.evaluation import metrics as metric_fns
+from sae_kit.training import fit, make_slot
+from sae_kit.training.recipe import ModelSpec, TrainConfig, estimate_input_stats
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def batch_source(x: torch.Tensor, batch_size: int, seed: int):
 
 
 def train_models(cfg: DigitsConfig, x_train: torch.Tensor) -> tuple[dict[str, Autoencoder], dict, float]:
-    """Train the dense AE, denoising AE, VAE and L1 SAE with `sae_kit.train.fit` on the same
+    """Train the dense AE, denoising AE, VAE and L1 SAE with `sae_kit.training.fit` on the same
     batches. Returns the models (input scale folded in, so they take raw pixels; eval mode),
     their metrics on the last logged batch, and the input scale."""
     train_cfg = TrainConfig(store="sklearn.datasets.load_digits", out=cfg.out, batch_size=cfg.batch_size, lr=cfg.lr,
@@ -164,21 +165,21 @@ def evaluate(cfg: DigitsConfig, models: dict[str, Autoencoder], x_train, x_test,
     from sklearn.neighbors import KNeighborsClassifier
 
     mean_image = x_train.mean(0).expand_as(x_test)
-    held_out = {"mean image": {"latents": 0, "mse": float(losses.mse(x_test, mean_image)),
-                               "fvu": float(losses.fvu(x_test, mean_image))}}
+    held_out = {"mean image": {"latents": 0, "mse": float(metric_fns.mse(x_test, mean_image)),
+                               "fvu": float(metric_fns.fvu(x_test, mean_image))}}
     for name, model in models.items():
         z = model.encode(x_test)
         x_hat = model.decode(z)
-        row = {"latents": model.d_sae, "mse": float(losses.mse(x_test, x_hat)), "fvu": float(losses.fvu(x_test, x_hat))}
+        row = {"latents": model.d_sae, "mse": float(metric_fns.mse(x_test, x_hat)), "fvu": float(metric_fns.fvu(x_test, x_hat))}
         if model.cfg.arch in ("sae", "ae", "dae"):  # ReLU codes: L0 and never-firing latents mean something
-            row["l0"] = float(losses.l0(z))
+            row["l0"] = float(metric_fns.l0(z))
             fired = (model.encode(torch.cat([x_train, x_test])) > 0).any(0)
             row["dead_fraction"] = float((~fired).float().mean())
         held_out[name] = row
     noisy = add_noise(cfg, x_test)
-    denoising = {"noise_std": cfg.noise_std, "noisy_input": float(losses.mse(x_test, noisy))}
+    denoising = {"noise_std": cfg.noise_std, "noisy_input": float(metric_fns.mse(x_test, noisy))}
     for name in ("dae", "ae", f"pca-{cfg.d_dense}"):
-        denoising[name] = float(losses.mse(x_test, reconstruct(models[name], noisy)))
+        denoising[name] = float(metric_fns.mse(x_test, reconstruct(models[name], noisy)))
     knn = {}
     for name in ("vae", f"pca-{D_VAE}"):
         classifier = KNeighborsClassifier(n_neighbors=5).fit(models[name].encode(x_train).numpy(), y_train)
@@ -398,7 +399,7 @@ def write_report(cfg: DigitsConfig, metrics: dict, png_skipped: str | None, out:
     text = f"""# The classic autoencoders, on 8×8 digits
 
 sae-kit's autoencoder core, the same model classes (`sae_kit.autoencoders`) and training loop
-(`sae_kit.train.fit`) that the language-model reports use, trained on the handwritten digits that
+(`sae_kit.training.fit`) that the language-model reports use, trained on the handwritten digits that
 scikit-learn ships (`load_digits`: 8×8 pixels, scaled to [0, 1]; {metrics['n_train']} for training,
 {metrics['n_test']} held out, stratified by digit). Here every input and every decoder direction
 is a picture. Each model has one affine encoder and one affine decoder (`x̂ = z W_dec + b_dec`) and
@@ -511,7 +512,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         x_train, x_test, y_train, y_test = load_digits_split(cfg)
         models, train_metrics, scale = train_models(cfg, x_train)
-        k = min(x_train.shape[1], max(1, round(float(losses.l0(models["sae"].encode(x_test))))))
+        k = min(x_train.shape[1], max(1, round(float(metric_fns.l0(models["sae"].encode(x_test))))))
         for components in (cfg.d_dense, k, D_VAE):
             models[f"pca-{components}"] = fit_pca(x_train, components)
         metrics = {"config": dataclasses.asdict(cfg) | {"steps": cfg.n_steps}, "n_train": len(x_train),

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 
-from sae_kit.harvest import HarvestConfig, harvest
-from sae_kit.hooks import aliases
-from sae_kit.models import load_model
-from sae_kit.store import ActivationStore
+from sae_kit.harvest import ActivationStore, HarvestConfig, harvest
+from sae_kit.lm.hooks import aliases
+from sae_kit.lm.models import load_model
 
 
 def main(argv: list[str] | None = None) -> ActivationStore:

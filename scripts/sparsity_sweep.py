@@ -1,8 +1,8 @@
 """Sparsity sweep: one L1 SAE per λ, all trained in one pass over the store, then evaluated.
 
 The way researchers choose λ: plot the sparsity–fidelity frontier (L0 against FVU and
-against CE loss recovered) and pick a point on it. Uses the library API (`sae_kit.train.train`,
-`sae_kit.evaluate.evaluate`), not the CLI. Writes into --out: the sweep (one run per λ),
+against CE loss recovered) and pick a point on it. Uses the library API (`sae_kit.training.train`,
+`sae_kit.evaluation.evaluate`), not the CLI. Writes into --out: the sweep (one run per λ),
 sparsity_sweep.json, sparsity_sweep.md and sparsity_sweep.html (plotly).
 
     .venv/bin/python scripts/sparsity_sweep.py --store runs/store --hook resid.8 --out runs/sweep
@@ -15,9 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from sae_kit.evaluate import EvalConfig, evaluate
-from sae_kit.recipe import TrainConfig
-from sae_kit.train import train
+from sae_kit.evaluation import EvalConfig, evaluate
+from sae_kit.training import TrainConfig, train
 
 QUICK = dict(l1_coefficients=(1.0, 5.0), tokens=256 * 8, batch_size=256, expansion=2, lr=3e-3,
              norm_estimation_tokens=1024, checkpoint_every_tokens=None, log_every=4)

@@ -20,12 +20,11 @@ import sys
 from pathlib import Path
 
 from sae_kit.analysis import load_analysis, select_features
-from sae_kit.autoencoders import load_autoencoder
-from sae_kit.models import load_model
-from sae_kit.steering_generate import GenerateOptions
-from sae_kit.steering_cli import model_spec_of_run
-from sae_kit.steering_report import PLOTLY_FILE, write_report
-from sae_kit.steering_sweep import steering_sweep
+from sae_kit.autoencoders import RunInfo, load_autoencoder
+from sae_kit.lm.models import load_model
+from sae_kit.steering.generate import GenerateOptions
+from sae_kit.steering.report import PLOTLY_FILE, write_report
+from sae_kit.steering.sweep import steering_sweep
 
 PROMPTS = [
     "The weather today is",
@@ -52,7 +51,7 @@ def choose_features(analysis, n: int) -> list[int]:
 def fires_on(analysis, tokenizer, feature: int, n: int = 10) -> str:
     """The distinct tokens of the feature's top activating examples (from the analysed store)."""
     try:
-        from sae_kit.store import ActivationStore
+        from sae_kit.harvest import ActivationStore
 
         store = ActivationStore(analysis.info["store"])
         tokens = store.gather(None, analysis.top_indices[feature][:n])["tokens"].tolist()
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     sae = load_autoencoder(args.run)
     analysis = load_analysis(args.analysis)
     features = [int(f) for f in args.features.split(",")] if args.features else choose_features(analysis, n_features)
-    loaded = load_model(model_spec_of_run(sae, args.run))
+    loaded = load_model(RunInfo.of(sae).language_model())
     sae = sae.to(loaded.device)
     options = GenerateOptions(max_new_tokens=n_tokens, seed=0)
 

@@ -6,6 +6,7 @@ directory in Hugging Face format, so tests exercise the same loading code users 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from sae_kit.corpus import python_docstrings
+    from sae_kit.lm.corpus import python_docstrings
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -102,3 +103,51 @@ def tiny_store(tmp_path_factory, tiny_llama_dir) -> Path:
     cfg = HarvestConfig(out=str(out), model=str(tiny_llama_dir), hooks=("resid.1", "mlp.1"), tokens=8192,
                         context_len=32, shard_tokens=2048, batch_size=16)
     return harvest(cfg, progress=False)
+
+
+# ----------------------------------------------------------------------------- a calibrated SAE and its analysis
+
+
+HOOK = "model.layers.1"
+D_SAE = 48
+TOP_K, QUANTILES, HIST_BINS = 6, 4, 16
+
+
+def calibrated_autoencoder(store_path, hook: str = HOOK, d_sae: int = D_SAE, arch: str = "sae", seed: int = 0, k=None):
+    """A real autoencoder whose feature i fires on a chosen fraction of tokens (log-spaced
+    from 1e-3 to 0.2): random unit decoder directions, W_enc = W_decᵀ, b_enc from quantiles."""
+    from sae_kit.autoencoders import AutoencoderConfig, build_autoencoder
+    from sae_kit.harvest import ActivationStore
+
+    store = ActivationStore(store_path)
+    torch.manual_seed(seed)
+    d_in = store.d_in(hook)
+    cfg = AutoencoderConfig(arch=arch, d_in=d_in, d_sae=d_sae, k=k, hook="resid.1",
+                            metadata={"store": str(store.path), "hook_module": hook, "model": store.manifest["model"]})
+    sae = build_autoencoder(cfg)
+    x = store.gather(hook, torch.arange(min(4096, store.n_tokens)))["acts"]
+    with torch.no_grad():
+        W = torch.randn(d_sae, d_in)
+        W /= W.norm(dim=1, keepdim=True)
+        sae.W_dec.copy_(W)
+        sae.W_enc.copy_(W.T)
+        sae.b_dec.copy_(x.mean(0))
+        pre = (x - sae.b_dec) @ sae.W_enc
+        density = torch.logspace(-3, math.log10(0.2), d_sae)
+        sae.b_enc.copy_(-torch.stack([torch.quantile(pre[:, f], 1 - density[f]) for f in range(d_sae)]))
+    return sae.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_store, tmp_path_factory):
+    """A saved run directory (config.json + weights.safetensors) of a calibrated SAE on the tiny store."""
+    return calibrated_autoencoder(tiny_store).save(tmp_path_factory.mktemp("run") / "run")
+
+
+@pytest.fixture(scope="session")
+def tiny_analysis(tiny_run, tmp_path_factory):
+    from sae_kit.analysis import AnalysisConfig, analyze
+
+    cfg = AnalysisConfig(run=str(tiny_run), out=str(tmp_path_factory.mktemp("analysis") / "A"), top_k=TOP_K,
+                         n_quantiles=QUANTILES, hist_bins=HIST_BINS, batch_size=1000)
+    return analyze(cfg, progress=False)

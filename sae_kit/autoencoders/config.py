@@ -1,26 +1,14 @@
-"""The autoencoder config (one frozen dataclass for all five architectures) and forward output."""
+"""The autoencoder config: one frozen dataclass for every architecture, saved in each run's config.json."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal
 
-import torch
-
+from sae_kit.autoencoders.registry import architecture
 from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
-
-Arch = Literal["sae", "topk", "ae", "dae", "vae", "pca"]
-ARCHS: tuple[str, ...] = ("sae", "topk", "ae", "dae", "vae", "pca")
-ARCH_DESCRIPTIONS = {
-    "sae": "sparse autoencoder, ReLU + decoder-norm-weighted L1 (Anthropic, April 2024)",
-    "topk": "sparse autoencoder, TopK activation + AuxK loss (Gao et al. 2024)",
-    "ae": "dense autoencoder (ReLU, no sparsity penalty)",
-    "dae": "denoising autoencoder (dense AE trained on corrupted inputs, clean targets)",
-    "vae": "variational autoencoder (Gaussian encoder, KL to N(0, I); Kingma & Welling 2014)",
-    "pca": "PCA in closed form from the data covariance",
-}
 
 
 @dataclass(frozen=True)
@@ -32,8 +20,8 @@ class AutoencoderConfig(JsonConfig):
 
     config_name = "autoencoder config"
 
-    arch: Arch
-    """Which model: sae | topk | ae | dae | vae | pca (see ARCH_DESCRIPTIONS)."""
+    arch: str
+    """Which model: a name in the registry (sae, topk, ae, dae, vae, pca; see ARCH_DESCRIPTIONS)."""
     d_in: int
     """Input width: the hooked activation's dimension."""
     d_sae: int
@@ -49,7 +37,7 @@ class AutoencoderConfig(JsonConfig):
     decoder_norm: Literal["free", "unit"] | None = None
     """'free': decoder columns unconstrained (the April 2024 recipe, norm-weighted L1); 'unit':
     columns kept at norm 1 with the parallel gradient removed (Anthropic 2023, Gao et al. 2024).
-    None means the architecture's default: 'unit' for topk, 'free' otherwise."""
+    None means the architecture's default (`default_decoder_norm`: 'unit' for topk, 'free' otherwise)."""
     init_decoder_norm: float = 0.1
     """Norm of each decoder column at init; W_enc = W_decᵀ (April 2024). Unit-norm decoders use 1."""
     corruption: Literal["gaussian", "dropout"] = "gaussian"
@@ -65,17 +53,9 @@ class AutoencoderConfig(JsonConfig):
     """Provenance (store path, LM spec, input scale folded in, …): JSON-serialisable, free-form."""
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise SaeKitError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        cls = architecture(self.arch)
         if self.d_in < 1 or self.d_sae < 1:
             raise SaeKitError(f"d_in and d_sae must be positive (got d_in={self.d_in}, d_sae={self.d_sae})")
-        if self.arch == "topk":
-            if self.k is None:
-                raise SaeKitError("arch 'topk' needs k (active latents per token), e.g. --k 32")
-            if not 1 <= self.k <= self.d_sae:
-                raise SaeKitError(f"k must be between 1 and d_sae={self.d_sae} (got {self.k})")
-        if self.arch == "pca" and self.d_sae > self.d_in:
-            raise SaeKitError(f"PCA has at most d_in={self.d_in} components (asked for {self.d_sae})")
         if self.l1_coefficient < 0 or self.beta < 0 or self.auxk_coefficient < 0:
             raise SaeKitError("l1_coefficient, beta and auxk_coefficient must be non-negative")
         if self.corruption not in ("gaussian", "dropout"):
@@ -85,7 +65,8 @@ class AutoencoderConfig(JsonConfig):
         if self.decoder_norm not in (None, "free", "unit"):
             raise SaeKitError(f"decoder_norm must be 'free' or 'unit' (got {self.decoder_norm!r})")
         if self.decoder_norm is None:  # resolve the architecture default once, at construction
-            object.__setattr__(self, "decoder_norm", "unit" if self.arch == "topk" else "free")
+            object.__setattr__(self, "decoder_norm", cls.default_decoder_norm)
+        cls.check_config(self)
         try:
             json.dumps(self.metadata)
         except TypeError as err:
@@ -95,16 +76,3 @@ class AutoencoderConfig(JsonConfig):
     def k_aux(self) -> int:
         """Latents the AuxK loss lets through: auxk_k, or d_in // 2."""
         return self.auxk_k if self.auxk_k is not None else max(1, self.d_in // 2)
-
-
-class ForwardOutput(NamedTuple):
-    """What every autoencoder's forward pass returns."""
-
-    x_hat: torch.Tensor
-    """[..., d_in] the reconstruction of the (clean) input."""
-    z: torch.Tensor
-    """[..., d_sae] the latents used to reconstruct (VAE in training: the sample μ + σ ⊙ ε)."""
-    losses: dict[str, torch.Tensor]
-    """Named scalar loss terms, already weighted: `loss` is their sum (e.g. reconstruction, l1)."""
-    loss: torch.Tensor
-    """The scalar training loss, Σ losses.values()."""

@@ -12,8 +12,8 @@ from string import Template
 
 import torch
 
+from sae_kit.analysis.examples import ExampleWindows
 from sae_kit.dashboard.figures import density_figure, histogram_figure, logit_figure
-from sae_kit.feature_examples import ExampleWindows
 
 LABEL_TOKENS = 4
 """Distinct top-example tokens shown as a feature's label in the index and prompt view."""

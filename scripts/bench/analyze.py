@@ -31,8 +31,7 @@ import torch
 from sae_kit.analysis import AnalysisConfig, analyze, select_features, stream_feature_stats, token_batches
 from sae_kit.autoencoders import AutoencoderConfig, build_autoencoder, load_autoencoder
 from sae_kit.dashboard import build_site
-from sae_kit.harvest import HarvestConfig, harvest
-from sae_kit.store import ActivationStore
+from sae_kit.harvest import ActivationStore, HarvestConfig, harvest
 
 
 def calibrated_sae(store: ActivationStore, hook: str, d_sae: int, seed: int = 0):

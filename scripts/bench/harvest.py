@@ -19,10 +19,10 @@ from itertools import islice
 
 import torch
 
-from sae_kit.corpus import CorpusSpec, iter_documents, pack_contexts
 from sae_kit.harvest import HarvestConfig, harvest
-from sae_kit.hooks import resolve_hooks, run_to_hooks
-from sae_kit.models import load_model
+from sae_kit.lm.corpus import CorpusSpec, iter_documents, pack_contexts
+from sae_kit.lm.hooks import resolve_hooks, run_to_hooks
+from sae_kit.lm.models import load_model
 
 
 def main() -> None:
@@ -76,7 +76,7 @@ def main() -> None:
     print(f"\n{tokens} tokens, model {loaded.name}, {torch.get_num_threads()} threads, device {loaded.device}, "
           f"{args.rounds} interleaved rounds (median)")
     print(f"{'what':<32} {'seconds':>8} {'tokens/s':>10}")
-    for what, seconds in ((f"full forward (all layers)", full), (f"bare forward to {args.hook}", bare),
+    for what, seconds in (("full forward (all layers)", full), (f"bare forward to {args.hook}", bare),
                           ("harvest (end to end)", harv)):
         print(f"{what:<32} {seconds:8.2f} {tokens / seconds:10.0f}")
     print(f"harvest throughput / bare forward: median {median(ratios):.2f} "

@@ -19,9 +19,9 @@ import time
 import torch
 
 from sae_kit.autoencoders import AutoencoderConfig, build_autoencoder, load_autoencoder
-from sae_kit.models import load_model
+from sae_kit.lm.models import load_model
 from sae_kit.steering import Intervention, SteeringHook, attach, hook_module
-from sae_kit.steering_generate import GenerateOptions, encode_prompt, generate
+from sae_kit.steering.generate import GenerateOptions, encode_prompt, generate
 
 
 def timed_generate(model, ids, options, hook=None) -> float:

@@ -3,7 +3,7 @@
 Measured side by side in one process, interleaved (so machine load hits all alike):
   - matmul only: the five dense products of one SAE training step (encoder forward, decoder
     forward, ∂z, ∂W_dec, ∂W_enc) and nothing else: the floor for any dense trainer;
-  - sae-kit fused: `sae_kit.train.fit` on the L1 SAE (Adam, clipping, λ/lr schedules, dead-latent
+  - sae-kit fused: `sae_kit.training.fit` on the L1 SAE (Adam, clipping, λ/lr schedules, dead-latent
     tracking, metrics every --log-every steps) with the hand-written backward;
   - sae-kit autograd: the same loop with the plain autograd loss (SparseAutoencoder.fused = False);
   - SAELens: its own `SAETrainer.fit` on a `StandardTrainingSAE`, when `sae_lens` is importable
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from sae_kit import losses
-from sae_kit.recipe import InputStats, TrainConfig, model_specs
-from sae_kit.train import fit, make_slot
+from sae_kit.evaluation import metrics
+from sae_kit.training import fit, make_slot
+from sae_kit.training.recipe import InputStats, TrainConfig, model_specs
 
 
 def matmul_step(x, W_enc, W_dec, z, dx_hat):
@@ -66,7 +66,7 @@ def random_source(args, d_in):
 
 
 def store_source(args, seed=0):
-    from sae_kit.store import ActivationStore
+    from sae_kit.harvest import ActivationStore
 
     store = ActivationStore(args.store)
     hook = store.resolve_hook_name(args.hook)
@@ -132,18 +132,18 @@ def time_saelens(args, d_in, dtype: str, steps: int) -> float | None:
 @torch.no_grad()
 def held_out_quality(args, sae) -> tuple[float, float]:
     """FVU and L0 of `sae` (anything with encode/decode) on up to 16k held-out tokens."""
-    from sae_kit.store import ActivationStore
+    from sae_kit.harvest import ActivationStore
 
     store = ActivationStore(args.store)
     hook = store.resolve_hook_name(args.hook)
     x = torch.cat(list(itertools.islice(store.batches(hook, 4096, shuffle=False, split="eval", drop_last=False), 4)))
     z = sae.encode(x)
-    return float(losses.fvu(x, sae.decode(z))), float(losses.l0(z))
+    return float(metrics.fvu(x, sae.decode(z))), float(metrics.l0(z))
 
 
 def quality(args, d_in) -> list[tuple[str, float, float, float]]:
     """(name, FVU, L0, tokens/s) after --quality-tokens on the same store batches."""
-    from sae_kit.recipe import estimate_input_stats
+    from sae_kit.training.recipe import estimate_input_stats
 
     n_steps = args.quality_tokens // args.batch_size
     rows = []
@@ -171,7 +171,7 @@ def quality(args, d_in) -> list[tuple[str, float, float, float]]:
 
 
 def main() -> None:
-    from sae_kit.train_cli import parse_count
+    from sae_kit.config import parse_count
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", help="activation store to read batches from (default: random activations)")
@@ -189,7 +189,7 @@ def main() -> None:
     args = parser.parse_args()
     d_in = args.d_in
     if args.store:
-        from sae_kit.store import ActivationStore
+        from sae_kit.harvest import ActivationStore
 
         store = ActivationStore(args.store)
         d_in = store.d_in(store.resolve_hook_name(args.hook))

@@ -1,0 +1,179 @@
+"""SAELens on-disk format: export our SAEs so SAELens / Neuronpedia tooling opens them, and
+import SAELens SAEs (e.g. `gpt2-small-res-jb`, downloaded by the user) to analyse them here.
+
+A SAELens SAE directory holds `cfg.json` and `sae_weights.safetensors` with W_enc [d_in, d_sae],
+b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in] — the same names and shapes as ours. Field
+names follow SAELens (sae_lens/saes/sae.py `SAEConfig` / `SAEMetadata` and
+loading/pretrained_sae_loaders.py `handle_pre_6_0_config`): we write the flat layout that every
+SAELens version reads (6.x converts it on load, since the file names no sae_lens_version):
+
+    architecture ("standard" | "topk"), d_in, d_sae, k (topk), dtype, device,
+    apply_b_dec_to_input, normalize_activations ("none": our input scale is folded in),
+    reshape_activations, activation_fn, activation_fn_kwargs, finetuning_scaling_factor,
+    model_name, hook_name, hook_layer, hook_head_index, prepend_bos, context_size,
+    dataset_path, model_from_pretrained_kwargs, neuronpedia_id, sae_lens_training_version
+
+Hook names are translated between our aliases and TransformerLens names:
+resid.L <-> blocks.L.hook_resid_post, mlp.L <-> blocks.L.hook_mlp_out,
+attn.L <-> blocks.L.hook_attn_out (blocks.L.hook_resid_pre = resid.(L−1)).
+Assumption, documented: SAELens' ReLU "standard" SAE computes the same function as our 'sae',
+'ae' and 'dae' models; its "topk" applies ReLU to the top-k pre-activations, as ours does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from sae_kit.artifacts import atomic_save_tensors, atomic_write_json
+from sae_kit.autoencoders.base import Autoencoder
+from sae_kit.autoencoders.config import AutoencoderConfig
+from sae_kit.autoencoders.registry import ARCHITECTURES, build_autoencoder
+from sae_kit.autoencoders.runs import RunInfo, load_autoencoder
+from sae_kit.errors import SaeKitError
+
+SAELENS_CFG = "cfg.json"
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+
+_ALIAS = re.compile(r"^(resid|mlp|attn)\.(\d+)$")
+_LAYER_MODULE = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)$")
+_TL_HOOK = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|resid_pre|mlp_out|attn_out)$")
+_TL_OF_ALIAS = {"resid": "hook_resid_post", "mlp": "hook_mlp_out", "attn": "hook_attn_out"}
+_ALIAS_OF_TL = {"resid_post": "resid", "mlp_out": "mlp", "attn_out": "attn"}
+
+
+def to_transformerlens_hook(hook: str | None) -> tuple[str | None, int | None]:
+    """Our hook (alias or module name) -> (TransformerLens hook name, layer), when there is one."""
+    if not hook:
+        return None, None
+    alias = _ALIAS.match(hook)
+    if alias:
+        layer = int(alias.group(2))
+        return f"blocks.{layer}.{_TL_OF_ALIAS[alias.group(1)]}", layer
+    block = _LAYER_MODULE.search(hook)
+    if block:  # a decoder block's module name: its output is the residual stream after it
+        layer = int(block.group(1))
+        return f"blocks.{layer}.hook_resid_post", layer
+    return hook, None
+
+
+def from_transformerlens_hook(hook_name: str | None) -> str | None:
+    """TransformerLens hook name -> our alias (resid.L, mlp.L, attn.L) where one exists."""
+    if not hook_name:
+        return None
+    match = _TL_HOOK.match(hook_name)
+    if not match:
+        return hook_name
+    layer, kind = int(match.group(1)), match.group(2)
+    if kind == "resid_pre":
+        return f"resid.{layer - 1}" if layer > 0 else hook_name
+    return f"{_ALIAS_OF_TL[kind]}.{layer}"
+
+
+def export_saelens(model: Autoencoder | str | Path, out_dir: str | Path, *, model_name: str | None = None,
+                   hook_name: str | None = None, context_size: int | None = None,
+                   dataset_path: str | None = None) -> Path:
+    """Write `model` (or the run dir it names) as a SAELens SAE directory; returns out_dir.
+
+    model_name / hook_name / context_size / dataset_path override what the model's metadata
+    records (SAELens expects TransformerLens names, e.g. 'gpt2-small', 'blocks.8.hook_resid_post').
+    """
+    if not isinstance(model, Autoencoder):
+        model = load_autoencoder(model)
+    cfg = model.cfg
+    architecture = model.saelens_architecture
+    if architecture is None:
+        exportable = [name for name, cls in ARCHITECTURES.items() if cls.saelens_architecture]
+        raise SaeKitError(f"SAELens has no architecture for {cfg.arch!r} models; exportable: {', '.join(exportable)}")
+    meta = cfg.metadata or {}
+    info = RunInfo.of(model)
+    tl_hook, layer = to_transformerlens_hook(cfg.hook or info.hook_module)
+    saelens_cfg = {
+        "architecture": architecture,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",  # the E‖x‖ = √d scale is folded into the weights
+        "reshape_activations": "none",
+        **model.saelens_fields(),
+        "finetuning_scaling_factor": False,
+        "model_name": model_name or info.model_name or info.model or "unknown",
+        "hook_name": hook_name or tl_hook or "unknown",
+        "hook_layer": layer if layer is not None else -1,
+        "hook_head_index": None,
+        "prepend_bos": info.prepend_bos,
+        "context_size": context_size or info.context_len,
+        "dataset_path": dataset_path or "",
+        "model_from_pretrained_kwargs": {},
+        "neuronpedia_id": None,
+        "sae_lens_training_version": None,
+        "sae_kit": {"arch": cfg.arch, "hook": cfg.hook, "metadata": meta},
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {name: getattr(model, name).detach().to("cpu", torch.float32).contiguous()
+               for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    atomic_save_tensors(out_dir / SAELENS_WEIGHTS, tensors)
+    atomic_write_json(out_dir / SAELENS_CFG, saelens_cfg)
+    return out_dir
+
+
+def import_saelens(path: str | Path, device: str | torch.device | None = None,
+                   norm_scaling_factor: float | None = None) -> Autoencoder:
+    """Load a SAELens SAE directory (cfg.json + sae_weights.safetensors) as our model ('sae' or
+    'topk'), taking raw activations. Folded exactly: apply_b_dec_to_input = false
+    (b_enc ← b_enc + b_dec W_enc), a finetuning scaling factor s (W_dec ← diag(s) W_dec), and
+    normalize_activations = 'expected_average_only_in' when `norm_scaling_factor` is given
+    (SAELens keeps that factor outside the files)."""
+    path = Path(path)
+    try:
+        raw = json.loads((path / SAELENS_CFG).read_text())
+    except FileNotFoundError:
+        raise SaeKitError(f"{path} is not a SAELens SAE directory (no {SAELENS_CFG})") from None
+    except json.JSONDecodeError as err:
+        raise SaeKitError(f"{path / SAELENS_CFG} is not valid JSON ({err})") from err
+    meta = {**raw.get("metadata", {}), **{k: v for k, v in raw.items() if k != "metadata"}}
+    architecture = raw.get("architecture", "standard")
+    activation = raw.get("activation_fn", raw.get("activation_fn_str", "relu"))
+    match = next(((cls, fields) for cls in ARCHITECTURES.values()
+                  if (fields := cls.from_saelens_config(raw)) is not None), None)
+    if match is None:
+        readable = [f"{cls.saelens_architecture!r} (as {cls.arch})" for cls in ARCHITECTURES.values()
+                    if "from_saelens_config" in vars(cls)]
+        raise SaeKitError(f"SAELens architecture {architecture!r} (activation {activation!r}) is not supported; "
+                          f"sae-kit imports {', '.join(readable)}")
+    cls, arch_fields = match
+    normalize = raw.get("normalize_activations") or "none"
+    if normalize not in ("none", False) and not (normalize == "expected_average_only_in" and norm_scaling_factor):
+        raise SaeKitError(f"{path}: normalize_activations={normalize!r} cannot be folded into the weights"
+                          + ("; pass norm_scaling_factor" if normalize == "expected_average_only_in" else ""))
+    weights_file = path / SAELENS_WEIGHTS
+    if not weights_file.is_file():
+        raise SaeKitError(f"{path} has no {SAELENS_WEIGHTS}")
+    state = {k_: v.float() for k_, v in load_file(str(weights_file)).items()}
+    missing = [n for n in ("W_enc", "b_enc", "W_dec", "b_dec") if n not in state]
+    if missing:
+        raise SaeKitError(f"{weights_file} lacks {', '.join(missing)}")
+    d_in, d_sae = state["W_enc"].shape
+    hook = from_transformerlens_hook(meta.get("hook_name") or meta.get("hook_point"))
+    cfg = AutoencoderConfig(arch=cls.arch, d_in=d_in, d_sae=d_sae, **arch_fields, decoder_norm="free", hook=hook,
+                            metadata={"source": "saelens", "path": str(path.resolve()), "saelens_cfg": raw})
+    model = build_autoencoder(cfg)
+    with torch.no_grad():
+        W_enc, b_enc, W_dec, b_dec = state["W_enc"], state["b_enc"], state["W_dec"], state["b_dec"]
+        if not raw.get("apply_b_dec_to_input", True):  # z = f(x W_enc + b_enc) = f((x − b_dec) W_enc + b_enc + b_dec W_enc)
+            b_enc = b_enc + b_dec @ W_enc
+        scaling = state.get("finetuning_scaling_factor", state.get("scaling_factor"))
+        if scaling is not None:
+            W_dec = scaling[:, None] * W_dec
+        for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
+            getattr(model, name).copy_(value)
+        if normalize == "expected_average_only_in":
+            model.fold_input_scale_(norm_scaling_factor)
+    return model.to(device or "cpu").eval()

@@ -1,0 +1,74 @@
+"""arch 'topk': the TopK sparse autoencoder with the AuxK loss (Gao et al. 2024, arXiv:2406.04093).
+
+    z = TopK_k(ReLU(pre))   (the k largest pre-activations per token, the rest 0),
+    L = (1/B) Σ_b ‖x_b − x̂_b‖² + α · AuxK
+
+AuxK makes the dead latents (not fired within the trainer's window) model the residual the live
+ones leave (`sae_kit.autoencoders.losses.auxk_loss`). Decoder columns are kept at unit norm.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState
+from sae_kit.autoencoders.losses import auxk_loss, reconstruction_loss
+from sae_kit.errors import SaeKitError
+
+
+class TopKSparseAutoencoder(Autoencoder):
+    """The TopK SAE (module docstring); cfg.k latents are active on every token."""
+
+    arch = "topk"
+    description = "sparse autoencoder, TopK activation + AuxK loss (Gao et al. 2024)"
+    display_name = "TopK sparse AE"
+    sweep_field = "k"
+    sweep_label = "k"
+    default_decoder_norm = "unit"
+    decoder_norm_choice = True
+    dead_latent_remedy = "auxk"
+    saelens_architecture = "topk"
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.k is None:
+            raise SaeKitError("arch 'topk' needs k (active latents per token), e.g. --k 32")
+        if not 1 <= cfg.k <= cfg.d_sae:
+            raise SaeKitError(f"k must be between 1 and d_sae={cfg.d_sae} (got {cfg.k})")
+
+    def saelens_fields(self) -> dict:
+        return {"activation_fn": "topk", "activation_fn_kwargs": {"k": self.cfg.k}, "k": self.cfg.k}
+
+    @classmethod
+    def from_saelens_config(cls, raw: dict) -> dict | None:
+        """SAELens' 'topk' SAE (or a 'standard' one with a topk activation): ReLU of the top k, as here."""
+        activation = raw.get("activation_fn", raw.get("activation_fn_str", "relu"))
+        if raw.get("architecture") != "topk" and activation != "topk":
+            return None
+        k = raw.get("k") or (raw.get("activation_fn_kwargs") or {}).get("k")
+        if not k:
+            raise SaeKitError("the SAELens cfg.json of a TopK SAE names no k")
+        return {"k": int(k)}
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        """ReLU of the k largest pre-activations scattered into zeros: [..., d_sae] -> [..., d_sae]."""
+        values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter_(-1, indices, F.relu(values))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """z [..., d_sae] for raw activations x [..., d_in]."""
+        return self.activation(self.pre_activation(x))
+
+    def training_loss(self, x: torch.Tensor, state: TrainingState) -> ForwardOutput:
+        """x [batch, d_in] -> ForwardOutput with losses {'reconstruction'} and, when the state marks
+        dead latents and α > 0, 'auxk'."""
+        pre = self.pre_activation(x)
+        z = self.activation(pre)
+        x_hat = self.decode(z)
+        terms = {"reconstruction": reconstruction_loss(x, x_hat)}
+        dead = state.dead_mask
+        if dead is not None and self.cfg.auxk_coefficient > 0 and bool(dead.any()):
+            aux = auxk_loss(x - x_hat, pre, self.W_dec, dead, self.cfg.k_aux)
+            terms["auxk"] = self.cfg.auxk_coefficient * aux
+        return ForwardOutput(x_hat=x_hat, z=z, losses=terms, loss=sum(terms.values()))

@@ -1,0 +1,61 @@
+"""`sae-kit train`: flags map one-to-one onto `TrainConfig` fields (names, help and defaults are
+taken from the dataclass, so there is one source of truth)."""
+
+from __future__ import annotations
+
+import argparse
+
+from sae_kit.autoencoders import ARCH_DESCRIPTIONS
+from sae_kit.config import add_config_flags, config_from_args
+from sae_kit.errors import SaeKitError
+from sae_kit.training import TrainConfig, train
+from sae_kit.training.checkpoint import find_checkpoint, load_checkpoint
+
+NAMES = {"archs": "arch", "l1_coefficients": "l1", "ks": "k", "dtype": "compute_dtype"}
+"""TrainConfig fields whose flag differs from the field name (--arch, --l1, --k, --compute-dtype)."""
+
+EXAMPLES = """examples:
+  sae-kit train --store runs/store --hook resid.8 --out runs/sae
+  sae-kit train --store runs/store --out runs/sweep --l1 1,2,5,10 --tokens 2M
+  sae-kit train --store runs/store --out runs/all --arch sae,topk,ae,dae,vae,pca --k 32
+  sae-kit train --out runs/sae --resume
+
+architectures:
+""" + "\n".join(f"  {name:<6} {text}" for name, text in ARCH_DESCRIPTIONS.items()) + "\n"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train SAEs and baselines on an activation store",
+        description="Train one or several autoencoders on the same shuffled batches of an activation store. "
+                    "Defaults are Anthropic's April 2024 recipe.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_flags(parser, TrainConfig, names=NAMES, required=("store", "out"), enforce_required=False,
+                     deprecated={"--dtype": "--compute-dtype"})
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint (other flags may be left out)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def config_from(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from the flags given; with --resume, unspecified fields come from the checkpoint."""
+    base: dict = {}
+    if args.resume:
+        if args.out is None:
+            raise SaeKitError("--resume needs --out RUN (the run to continue)")
+        checkpoint = find_checkpoint(args.out)
+        if checkpoint is None:
+            raise SaeKitError(f"--resume: {args.out} holds no checkpoint to continue from")
+        base = load_checkpoint(checkpoint)[0]["training"]
+    missing = [name for name in ("store", "out") if getattr(args, name) is None and name not in base]
+    if missing:
+        raise SaeKitError(f"sae-kit train needs {' and '.join('--' + m for m in missing)}")
+    return config_from_args(TrainConfig, args, base=base)
+
+
+def run(args: argparse.Namespace) -> int:
+    runs = train(config_from(args), resume=args.resume, progress=not args.no_progress)
+    for path in runs:
+        print(path)
+    return 0

@@ -1,0 +1,319 @@
+"""Evaluation on the store's held-out split: reconstruction metrics and spliced-model CE / KL.
+
+Definitions (formulas in `sae_kit.evaluation.metrics`, which this module only accumulates):
+- MSE: per-element mean squared error; FVU = Σ‖x − x̂‖² / Σ‖x − x̄‖² over the eval tokens
+  (x̄ their mean); explained variance = 1 − FVU; L0 = mean non-zero latents per token;
+  L1 = mean Σ_i |z_i| per token; dead fraction = latents that never fire on the eval tokens;
+  dense fraction = latents firing on more than 10 % of them.
+- Spliced (on held-out contexts, language model loaded): mean next-token CE of the clean
+  model, with x̂ spliced in at the hook, with the site zero-ablated and mean-ablated (x̄ of
+  the eval split); CE loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean);
+  Δ CE = CE_spliced − CE_clean (nats); KL(clean ‖ spliced) per predicted token. Position 0
+  (BOS) is never replaced when the store prepends BOS, matching training, which skips it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from sae_kit.artifacts import atomic_write_json, atomic_write_text
+from sae_kit.autoencoders import Autoencoder, RunInfo, load_autoencoder, run_dirs
+from sae_kit.config import JsonConfig
+from sae_kit.errors import SaeKitError
+from sae_kit.evaluation.metrics import ce_loss_recovered, dead_fraction, dense_fraction, fvu_from_sums, kl_from_logits, next_token_ce
+from sae_kit.harvest.reader import ActivationStore
+from sae_kit.lm.hooks import intervene, resolve_hooks
+from sae_kit.lm.models import choose_device, load_model
+
+EVAL_FILE = "eval.json"
+TABLE_FILE = "eval.md"
+
+
+@dataclass(frozen=True)
+class EvalConfig(JsonConfig):
+    """What `sae-kit evaluate` measures and on what."""
+
+    run: str
+    """A run directory, or a sweep root (every sub-run is evaluated and tabulated)."""
+    store: str | None = None
+    """Activation store with the held-out split; None means the store the run was trained on."""
+    model: str | None = None
+    """Language model for spliced CE; None means the store's model ('default', a path or a hub id)."""
+    eval_tokens: int | None = None
+    """Cap on held-out tokens for reconstruction metrics; None means the whole eval split."""
+    batch_size: int = 4096
+    """Tokens per batch for reconstruction metrics."""
+    ce_contexts: int = 64
+    """Held-out contexts for the spliced-model metrics; 0 skips them."""
+    ce_batch_size: int = 8
+    """Contexts per language-model forward pass."""
+    dense_threshold: float = 0.1
+    """Firing rate above which a latent counts as dense."""
+    device: str | None = None
+    """Device (default: CUDA when present, else CPU)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.ce_batch_size < 1 or self.ce_contexts < 0:
+            raise SaeKitError("batch sizes must be positive and --ce-contexts non-negative")
+        if self.eval_tokens is not None and self.eval_tokens < 1:
+            raise SaeKitError(f"--eval-tokens must be positive (got {self.eval_tokens})")
+
+
+class ReconstructionStats:
+    """Running sums over eval batches, in float64, from which every reconstruction metric follows."""
+
+    def __init__(self, d_in: int, d_sae: int):
+        self.n = 0
+        self.sse = 0.0  # Σ ‖x − x̂‖²
+        self.sum_sq = 0.0  # Σ ‖x‖²
+        self.sum_x = torch.zeros(d_in, dtype=torch.float64)  # Σ x
+        self.l0_sum = 0.0  # Σ #{i : z_i ≠ 0}
+        self.l1_sum = 0.0  # Σ Σ_i |z_i|
+        self.fire_counts = torch.zeros(d_sae, dtype=torch.long)  # per latent: tokens with z_i ≠ 0
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor) -> None:
+        """Add a batch: x, x_hat [n, d_in]; z [n, d_sae]."""
+        x, x_hat, z = x.double().cpu(), x_hat.double().cpu(), z.cpu()
+        self.n += x.shape[0]
+        self.sse += float((x - x_hat).pow(2).sum())
+        self.sum_sq += float(x.pow(2).sum())
+        self.sum_x += x.sum(0)
+        active = z != 0
+        self.l0_sum += float(active.sum())
+        self.l1_sum += float(z.double().abs().sum())
+        self.fire_counts += active.sum(0)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """x̄ [d_in] of the tokens seen."""
+        return self.sum_x / max(self.n, 1)
+
+    def result(self, dense_threshold: float = 0.1) -> dict:
+        fvu = fvu_from_sums(self.sse, self.sum_sq, self.sum_x, self.n)
+        return {
+            "n_tokens": self.n,
+            "mse": self.sse / (self.n * self.sum_x.numel()),
+            "fvu": fvu,
+            "explained_variance": 1.0 - fvu,
+            "l0": self.l0_sum / self.n,
+            "l1": self.l1_sum / self.n,
+            "dead_fraction": dead_fraction(self.fire_counts),
+            "dense_fraction": dense_fraction(self.fire_counts, self.n, dense_threshold),
+        }
+
+
+@torch.no_grad()
+def reconstruction_stats(models: dict[str, Autoencoder], batches: Iterable[torch.Tensor]) -> tuple[dict, torch.Tensor]:
+    """One pass over eval batches [n, d_in] for several models at once: name -> ReconstructionStats,
+    and the eval-set mean x̄ [d_in] (for mean ablation)."""
+    stats = {name: ReconstructionStats(m.d_in, m.d_sae) for name, m in models.items()}
+    mean = None
+    for x in batches:
+        for name, model in models.items():
+            x_dev = x.to(model.W_dec.device)
+            z = model.encode(x_dev)
+            stats[name].update(x_dev, model.decode(z), z)
+            mean = stats[name].mean
+    if not stats or next(iter(stats.values())).n == 0:
+        raise SaeKitError("the store's eval split is empty; harvest more contexts (every 20th is held out)")
+    return stats, mean.float()
+
+
+# ----------------------------------------------------------------------------- spliced model
+
+
+def splice_reconstruction(model: Autoencoder, keep_first: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """hidden [b, seq, d] -> hidden with x̂ = decode(encode(hidden)) in place of every position
+    (but position 0 when `keep_first`, the BOS the SAE never saw)."""
+
+    def replace(hidden: torch.Tensor) -> torch.Tensor:
+        x_hat = model.decode(model.encode(hidden.to(model.W_dec.dtype))).to(hidden.dtype)
+        return _keep_first(hidden, x_hat, keep_first)
+
+    return replace
+
+
+def splice_constant(value: torch.Tensor, keep_first: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """hidden -> `value` [d] at every position (zero ablation: value = 0; mean ablation: x̄)."""
+
+    def replace(hidden: torch.Tensor) -> torch.Tensor:
+        return _keep_first(hidden, value.to(hidden).expand_as(hidden), keep_first)
+
+    return replace
+
+
+def _keep_first(hidden: torch.Tensor, new: torch.Tensor, keep_first: bool) -> torch.Tensor:
+    if not keep_first:
+        return new
+    return torch.cat([hidden[:, :1], new[:, 1:]], dim=1)
+
+
+class SplicedStats:
+    """Running sums for one intervention: Σ CE, Σ KL(clean ‖ spliced), count of predictions."""
+
+    def __init__(self):
+        self.ce_sum, self.kl_sum, self.n = 0.0, 0.0, 0
+
+    def update(self, tokens: torch.Tensor, logits: torch.Tensor, clean_logits: torch.Tensor) -> None:
+        ce = next_token_ce(logits, tokens)
+        kl = kl_from_logits(clean_logits[:, :-1], logits[:, :-1])
+        self.ce_sum += float(ce.double().sum())
+        self.kl_sum += float(kl.double().sum())
+        self.n += ce.numel()
+
+    @property
+    def ce(self) -> float:
+        return self.ce_sum / self.n
+
+    @property
+    def kl(self) -> float:
+        return self.kl_sum / self.n
+
+
+@torch.no_grad()
+def spliced_metrics(lm, module_name: str, contexts: torch.Tensor, models: dict[str, Autoencoder],
+                    mean: torch.Tensor, keep_first: bool, batch_size: int = 8) -> dict[str, dict]:
+    """CE clean / spliced / zero- and mean-ablated, CE loss recovered, ΔCE and KL for each model.
+
+    lm: a Hugging Face causal LM; module_name: the hooked module; contexts [n, seq] token ids.
+    Returns name -> metrics. The clean and ablated passes are shared by all models.
+    """
+    device = next(lm.parameters()).device
+    clean, zero, mean_abl = SplicedStats(), SplicedStats(), SplicedStats()
+    spliced = {name: SplicedStats() for name in models}
+    ablations = ((zero, splice_constant(torch.zeros_like(mean), keep_first)),
+                 (mean_abl, splice_constant(mean, keep_first)))
+    for start in range(0, len(contexts), batch_size):
+        tokens = contexts[start : start + batch_size].to(device)
+        clean_logits = lm(input_ids=tokens, use_cache=False).logits
+        clean.update(tokens, clean_logits, clean_logits)
+        for stats, fn in ablations:
+            with intervene(lm, module_name, fn):
+                stats.update(tokens, lm(input_ids=tokens, use_cache=False).logits, clean_logits)
+        for name, model in models.items():
+            with intervene(lm, module_name, splice_reconstruction(model, keep_first)):
+                spliced[name].update(tokens, lm(input_ids=tokens, use_cache=False).logits, clean_logits)
+    results = {}
+    for name, stats in spliced.items():
+        results[name] = {
+            "n_contexts": len(contexts),
+            "n_predictions": stats.n,
+            "ce_clean": clean.ce,
+            "ce_spliced": stats.ce,
+            "ce_zero_ablated": zero.ce,
+            "ce_mean_ablated": mean_abl.ce,
+            "ce_loss_recovered": ce_loss_recovered(clean.ce, stats.ce, zero.ce),
+            "ce_loss_recovered_vs_mean_ablation": ce_loss_recovered(clean.ce, stats.ce, mean_abl.ce),
+            "delta_ce": stats.ce - clean.ce,
+            "kl_clean_spliced": stats.kl,
+        }
+    return results
+
+
+def held_out_contexts(store, hook: str, n: int) -> torch.Tensor:
+    """Token ids [m, context_len] of the first n held-out (eval split) contexts, m ≤ n."""
+    rows: list[torch.Tensor] = []
+    for chunk in store.iter_chunks(hook, split="eval"):
+        for context in chunk.context.unique(sorted=True).tolist():
+            where = chunk.context == context
+            rows.append(chunk.tokens[where][chunk.position[where].argsort()])
+            if len(rows) >= n:
+                return torch.stack(rows)
+    if not rows:
+        raise SaeKitError("the store holds no held-out context; harvest more (every 20th context is held out)")
+    return torch.stack(rows)
+
+
+# ----------------------------------------------------------------------------- runs and sweeps
+
+
+def evaluate(cfg: EvalConfig, *, lm=None) -> dict[str, dict]:
+    """Evaluate a run (or every run of a sweep): writes eval.json into each run dir and eval.md
+    (a table) into cfg.run; returns name -> metrics. All models share one pass over the eval
+    split and one set of clean / ablated language-model passes. `lm` reuses an already loaded
+    `sae_kit.lm.models.LoadedModel` instead of loading cfg.model / the store's model."""
+    dirs = run_dirs(cfg.run)
+    info = RunInfo.load(next(iter(dirs.values())))
+    store_path = info.store_path(cfg.store)
+    store = ActivationStore(store_path)
+    hook = store.resolve_hook_name(info.stored_hook)
+    device = lm.device if lm is not None else choose_device(cfg.device)
+    models = {name: load_autoencoder(path, device=device) for name, path in dirs.items()}
+    for name, model in models.items():
+        if model.d_in != store.d_in(hook):
+            raise SaeKitError(f"{name} takes d_in={model.d_in} but {hook} in {store_path} has d={store.d_in(hook)}")
+
+    batches = store.batches(hook, cfg.batch_size, shuffle=False, split="eval", epochs=1, drop_last=False, device=device)
+    stats, mean = reconstruction_stats(models, _capped(batches, cfg.eval_tokens))
+    results = {name: {"run": str(dirs[name]), "name": name, "arch": models[name].arch, "d_sae": models[name].d_sae,
+                      "store": str(Path(store_path).resolve()), "hook": hook, "split": "eval",
+                      "reconstruction": stats[name].result(cfg.dense_threshold), "spliced": None}
+               for name in models}
+    skipped = _add_spliced(cfg, results, models, store, hook, mean, lm, device) if cfg.ce_contexts > 0 else "--ce-contexts 0"
+    for name, result in results.items():
+        if skipped:
+            result["spliced_skipped"] = skipped
+        result["eval_config"] = asdict(cfg)
+        atomic_write_json(dirs[name] / EVAL_FILE, result)
+    table = results_table(results)
+    atomic_write_text(Path(cfg.run, TABLE_FILE), f"# Evaluation of {cfg.run}\n\nHeld-out split of {store_path} at {hook}.\n\n"
+                                                  f"{table}\n")
+    print(table)
+    return results
+
+
+def _add_spliced(cfg: EvalConfig, results: dict, models: dict, store: ActivationStore, hook: str,
+                 mean: torch.Tensor, lm, device) -> str | None:
+    """Add the spliced-model metrics to `results`; returns why they were skipped, or None."""
+    try:
+        if lm is None:
+            spec = cfg.model or store.manifest.get("model", {}).get("spec")
+            if not spec:
+                raise SaeKitError("the store does not record its model; pass --model")
+            lm = load_model(spec, device=device)
+        module_name = resolve_hooks(lm.model, [hook])[0]
+        contexts = held_out_contexts(store, hook, cfg.ce_contexts)
+        keep_first = bool(store.manifest.get("prepend_bos", True))
+        spliced = spliced_metrics(lm.model, module_name, contexts, models, mean, keep_first, cfg.ce_batch_size)
+    except SaeKitError as err:
+        print(f"sae-kit evaluate: spliced-model metrics skipped: {err}", file=sys.stderr)
+        return str(err)
+    for name in models:
+        results[name]["spliced"] = spliced[name]
+        results[name]["language_model"] = lm.spec
+    return None
+
+
+def _capped(batches, max_tokens: int | None):
+    seen = 0
+    for x in batches:
+        if max_tokens is not None and seen + x.shape[0] > max_tokens:
+            x = x[: max_tokens - seen]
+        if x.shape[0] == 0:
+            break
+        seen += x.shape[0]
+        yield x
+        if max_tokens is not None and seen >= max_tokens:
+            break
+    close = getattr(batches, "close", None)
+    if close:
+        close()
+
+
+def results_table(results: dict[str, dict]) -> str:
+    """A markdown table: FVU, explained variance, L0, dead %, dense %, CE recovered, ΔCE, KL."""
+    lines = ["| model | arch | d_sae | FVU | expl. var. | L0 | dead % | dense % | CE recovered | Δ CE (nats) | KL |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        rec, sp = r["reconstruction"], r.get("spliced")
+        ce = (f"{sp['ce_loss_recovered']:.3f} | {sp['delta_ce']:.4f} | {sp['kl_clean_spliced']:.4f}"
+              if sp else "- | - | -")
+        lines.append(f"| {name} | {r['arch']} | {r['d_sae']} | {rec['fvu']:.4f} | {rec['explained_variance']:.4f} | "
+                     f"{rec['l0']:.1f} | {100 * rec['dead_fraction']:.1f} | {100 * rec['dense_fraction']:.1f} | {ce} |")
+    return "\n".join(lines)

@@ -1,0 +1,15 @@
+"""Training: the recipe, the loop, checkpoints and dead latents.
+
+    recipe         TrainConfig (its defaults are the recipe), lr and λ schedules, the models of a run,
+                   input statistics (the E‖x‖ = √d_in scale, mean, geometric median)
+    loop           fit: the one flat loop over batches for one or several models
+    run            train: from an activation store, with checkpoints, resume and saved runs
+    checkpoint     checkpoints without pickle (safetensors + JSON), swapped in atomically
+    dead_latents   which latents have not fired lately, and Anthropic's 2023 resampling
+"""
+
+from sae_kit.training.loop import Slot, fit, make_slot
+from sae_kit.training.recipe import InputStats, ModelSpec, TrainConfig, model_specs
+from sae_kit.training.run import train
+
+__all__ = ["InputStats", "ModelSpec", "Slot", "TrainConfig", "fit", "make_slot", "model_specs", "train"]

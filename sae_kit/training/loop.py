@@ -1,0 +1,261 @@
+"""The training loop: one flat loop over batches, one or several models per batch.
+
+    for each step:  lr, λ  ->  training loss  ->  backward  ->  decoder constraint  ->  clip
+                    ->  Adam step  ->  dead-latent tracking  ->  (every N) log  ->  (every M) checkpoint
+
+`fit` is the loop itself and takes any batch source, so training from a store
+(`sae_kit.training.run.train`) and the synthetic benchmark train with exactly this code. What
+differs between architectures comes from the model's class (`sae_kit.autoencoders.base`): its
+training loss, whether it is fitted in closed form, how its dead latents are revived. The recipe
+(defaults, schedules) is in `sae_kit.training.recipe`; checkpoint files in
+`sae_kit.training.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sae_kit.autoencoders import Autoencoder, ForwardOutput, TrainingState, build_autoencoder
+from sae_kit.errors import SaeKitError
+from sae_kit.evaluation import metrics
+from sae_kit.training.checkpoint import find_checkpoint, write_checkpoint
+from sae_kit.training.dead_latents import DeadLatentTracker, resample_dead_latents_
+from sae_kit.training.recipe import InputStats, ModelSpec, TrainConfig, l1_scale_at, lr_at
+
+METRICS_FILE = "metrics.jsonl"
+BatchSource = Callable[[int], Iterator[torch.Tensor]]
+"""skip_batches -> iterator of raw activation batches [batch_size, d_in], deterministic, endless."""
+
+
+@dataclass
+class Slot:
+    """The mutable training state of one model of the run."""
+
+    spec: ModelSpec
+    model: Autoencoder
+    optimizer: torch.optim.Optimizer | None
+    """None for models fitted in closed form (PCA), which accumulate `covariance` instead."""
+    tracker: DeadLatentTracker | None
+    """None for models whose latents do not 'fire' (VAE, PCA)."""
+    covariance: object | None = None
+    """The moments a closed-form model accumulates (`model.fitter()`); fitted at the end."""
+    run_dir: Path | None = None
+    first_bad_step: torch.Tensor = field(default_factory=lambda: torch.tensor(-1))
+    """Step of the first non-finite loss, -1 while all are finite (kept on the device: no sync)."""
+    last_metrics: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def unit_decoder(self) -> bool:
+        return self.spec.cfg.decoder_norm == "unit" and not self.model.fitted_in_closed_form
+
+
+def make_slot(spec: ModelSpec, cfg: TrainConfig, device: torch.device, window_steps: int,
+              stats: InputStats) -> Slot:
+    """Build and initialise one model (every model of a run starts from the seed's init)."""
+    torch.manual_seed(cfg.seed)
+    model = build_autoencoder(spec.cfg)
+    if model.fitted_in_closed_form:
+        return Slot(spec, model.to(device).train(), None, None, covariance=model.fitter())
+    if cfg.b_dec_init != "zeros":
+        origin = stats.mean if cfg.b_dec_init == "mean" else stats.geometric_median
+        with torch.no_grad():
+            model.b_dec.copy_(torch.tensor(origin) * stats.scale)
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    tracker = DeadLatentTracker(spec.cfg.d_sae, window_steps, device=device) if model.latents_fire else None
+    return Slot(spec, model, optimizer, tracker, first_bad_step=torch.tensor(-1, device=device))
+
+
+def fit(
+    cfg: TrainConfig,
+    slots: list[Slot],
+    batches_from: BatchSource,
+    n_steps: int,
+    stats: InputStats,
+    *,
+    device: torch.device,
+    checkpoint_dir: Path | None = None,
+    start_step: int = 0,
+    stop_after_steps: int | None = None,
+    progress: bool = True,
+) -> bool:
+    """Train `slots` for steps start_step..n_steps-1 on batches_from(start_step). Returns True when
+    finished, False when stopped early by `stop_after_steps` (as a kill would, after the last
+    checkpoint). Writes metrics.jsonl per slot and checkpoints under checkpoint_dir (if given)."""
+    B = cfg.batch_size
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16"
+                else contextlib.nullcontext())
+    checkpoint_steps = max(1, cfg.checkpoint_every_tokens // B) if cfg.checkpoint_every_tokens else None
+    resample_steps = max(1, cfg.resample_every_tokens // B) if cfg.resample_every_tokens else None
+    bar = tqdm(total=n_steps * B, initial=start_step * B, unit="tok", unit_scale=True, desc="train",
+               disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    interval_start, interval_step = time.perf_counter(), start_step
+    batches = batches_from(start_step)
+    try:
+        for step in range(start_step, n_steps):
+            x = next(batches, None)
+            if x is None:
+                raise SaeKitError(f"the batch source ran dry at step {step}; the store reader must cycle (epochs=None)")
+            x = x.to(device, non_blocking=True) * stats.scale  # E‖x‖ = √d_in (Anthropic, April 2024)
+            lr, l1_scale = lr_at(step, n_steps, cfg), l1_scale_at(step, n_steps, cfg)
+            log_now = (step + 1) % cfg.log_every == 0 or step + 1 == n_steps
+            for slot in slots:
+                state = TrainingState(sparsity_scale=l1_scale, step=step)
+                out, grad_norm = train_step(slot, x, state, lr, cfg.max_grad_norm, autocast)
+                if log_now and out is not None:
+                    slot.last_metrics = step_metrics(slot, x, out, state, lr, grad_norm, stats.scale, B)
+            if resample_steps and (step + 1) % resample_steps == 0:
+                resample(slots, x, step, checkpoint_dir is not None)
+            if log_now:
+                now = time.perf_counter()
+                tokens_per_s = (step + 1 - interval_step) * B / max(now - interval_start, 1e-9)
+                interval_start, interval_step = now, step + 1
+                check_finite(slots, checkpoint_dir)
+                write_metrics(slots, step, lr, tokens_per_s, bar)
+            bar.update(B)
+            if checkpoint_dir is not None and checkpoint_steps and (step + 1) % checkpoint_steps == 0 and step + 1 < n_steps:
+                check_finite(slots, checkpoint_dir)
+                write_checkpoint(checkpoint_dir, cfg, slots, step + 1, n_steps, stats)
+            if stop_after_steps is not None and step + 1 >= stop_after_steps and step + 1 < n_steps:
+                return False
+        check_finite(slots, checkpoint_dir)
+        for slot in slots:
+            if slot.covariance is not None:
+                slot.model.fit_from(slot.covariance)
+        return True
+    finally:
+        close = getattr(batches, "close", None)
+        if close:
+            close()
+        bar.close()
+
+
+def train_step(slot: Slot, x: torch.Tensor, state: TrainingState, lr: float, max_grad_norm: float,
+               autocast) -> tuple[ForwardOutput | None, torch.Tensor | None]:
+    """One step of one model on x [batch, d_in] (normalised): loss → backward → decoder
+    constraint → clip → Adam → dead-latent tracking. Closed-form models only accumulate their
+    moments (returns (None, None)). Returns the forward output and the gradient norm."""
+    if slot.covariance is not None:  # PCA: accumulate moments, fit at the end
+        slot.covariance.update(x)
+        return None, None
+    for group in slot.optimizer.param_groups:
+        group["lr"] = lr
+    if slot.model.dead_latent_remedy == "auxk" and slot.tracker is not None:
+        state = dataclasses.replace(state, dead_mask=slot.tracker.dead_mask(state.step))
+    with autocast:
+        out = slot.model.training_loss(x, state)
+    slot.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    if slot.unit_decoder:
+        slot.model.remove_parallel_decoder_grad_()
+    grad_norm = torch.nn.utils.clip_grad_norm_(slot.model.parameters(), max_grad_norm) if max_grad_norm > 0 else None
+    slot.optimizer.step()
+    if slot.unit_decoder:
+        slot.model.normalize_decoder_()
+    if slot.tracker is not None:
+        slot.tracker.update(out.z, state.step)
+    # remember the first non-finite step without a device sync; checked when logging
+    bad = ~torch.isfinite(out.loss.detach()) & (slot.first_bad_step < 0)
+    slot.first_bad_step = torch.where(bad, state.step, slot.first_bad_step)
+    return out, grad_norm
+
+
+@torch.no_grad()
+def step_metrics(slot: Slot, x, out, state: TrainingState, lr, grad_norm, scale, batch_size) -> dict:
+    """Metrics of one model on the current batch (x in normalised units; MSE reported in raw units)."""
+    x_hat = out.x_hat.float()
+    step = state.step
+    record = {
+        "step": step + 1,
+        "tokens": (step + 1) * batch_size,
+        "loss": float(out.loss),
+        **{f"loss_{k}": float(v) for k, v in out.losses.items()},
+        "mse": float(metrics.mse(x, x_hat)) / scale**2,
+        "fvu": float(metrics.fvu(x, x_hat)),
+        "l0": float(metrics.l0(out.z)),
+        "l1": float(metrics.l1(out.z.float())),
+        "lr": lr,
+        **slot.model.schedule_metrics(state),
+    }
+    if slot.tracker is not None:
+        record["dead_fraction"] = float(slot.tracker.dead_mask(step + 1).float().mean())
+    if grad_norm is not None:
+        record["grad_norm"] = float(grad_norm)
+    return record
+
+
+def write_metrics(slots: list[Slot], step: int, lr: float, tokens_per_s: float, bar) -> None:
+    """Append each model's metrics line (with the interval's tokens/s) and update the bar."""
+    shown = []
+    for slot in slots:
+        if slot.covariance is not None:
+            continue
+        slot.last_metrics["tokens_per_s"] = round(tokens_per_s, 1)
+        if slot.run_dir is not None:
+            with open(slot.run_dir / METRICS_FILE, "a") as handle:
+                handle.write(json.dumps(slot.last_metrics) + "\n")
+        m = slot.last_metrics
+        shown.append(f"{slot.name} fvu={m['fvu']:.3f} L0={m['l0']:.1f}" if len(slots) > 1
+                     else f"fvu={m['fvu']:.3f} L0={m['l0']:.1f}")
+    if shown:
+        bar.set_postfix_str(" | ".join(shown[:3]) + (" …" if len(shown) > 3 else ""), refresh=False)
+
+
+def resample(slots: list[Slot], x: torch.Tensor, step: int, verbose: bool) -> None:
+    """Anthropic 2023 resampling of the dead latents of every model whose remedy it is (AuxK
+    models revive theirs through their loss instead)."""
+    for slot in slots:
+        if slot.model.dead_latent_remedy != "resample" or slot.tracker is None:
+            continue
+        dead = slot.tracker.dead_mask(step + 1)
+        n = resample_dead_latents_(slot.model, slot.optimizer, dead, x)
+        if n:
+            slot.tracker.revive(torch.nonzero(dead).flatten(), step)
+            if slot.run_dir is not None:
+                with open(slot.run_dir / METRICS_FILE, "a") as handle:
+                    handle.write(json.dumps({"step": step + 1, "event": "resample", "n_resampled": n}) + "\n")
+            if verbose:
+                tqdm.write(f"step {step + 1}: resampled {n} dead latents of {slot.name}", file=sys.stderr)
+
+
+def check_finite(slots: list[Slot], checkpoint_dir: Path | None) -> None:
+    """Raise SaeKitError naming the first step whose loss was not finite (the checkpoint on disk is
+    from before it and is kept)."""
+    for slot in slots:
+        bad = int(slot.first_bad_step)
+        if bad >= 0:
+            kept = find_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+            where = (f"the last good checkpoint ({json.loads((kept / 'state.json').read_text())['step']} steps) "
+                     f"is kept in {kept}" if kept else "no checkpoint had been written yet")
+            raise SaeKitError(
+                f"step {bad + 1}: the loss of {slot.name} is not finite; {where}. Lower --lr, train in "
+                "--dtype float32, or check the store for non-finite activations (sae-kit verify)"
+            )
+
+
+def summary_table(slots: list[Slot]) -> str:
+    """Final training metrics of every model (on the last batch), as a small text table."""
+    w = max([16] + [len(slot.name) for slot in slots])
+    rows = [f"{'model':<{w}} {'fvu':>7} {'L0':>8} {'dead %':>7} {'tok/s':>8}"]
+    for slot in slots:
+        m = slot.last_metrics
+        if not m:
+            rows.append(f"{slot.name:<{w}} {'(fitted in closed form)':>33}")
+            continue
+        dead = f"{100 * m['dead_fraction']:.1f}" if "dead_fraction" in m else "-"
+        rows.append(f"{slot.name:<{w}} {m['fvu']:>7.4f} {m['l0']:>8.1f} {dead:>7} {m.get('tokens_per_s', 0):>8.0f}")
+    return "\n".join(rows)
