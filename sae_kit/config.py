@@ -34,10 +34,23 @@ C = TypeVar("C", bound="JsonConfig")
 
 
 class JsonConfig:
-    """Mixin for frozen dataclasses: to_dict / from_dict / to_json / from_json / replace."""
+    """Mixin for frozen dataclasses: to_dict / from_dict / to_json / from_json / replace, and the
+    checks every config shares (subclasses with a `__post_init__` of their own call this one)."""
 
     config_name = "config"
     """How errors name this kind of config ("training config", "autoencoder config" …)."""
+    nonempty: tuple[str, ...] = ()
+    """String fields that must not be empty (paths: an empty --out would mean the current directory)."""
+
+    def __post_init__(self) -> None:
+        """Every number finite (NaN and infinity mean no setting), every `nonempty` string non-empty."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise SaeKitError(f"--{f.name.replace('_', '-')} must be a finite number (got {value})")
+            if f.name in self.nonempty and isinstance(value, str) and not value.strip():
+                raise SaeKitError(f"--{f.name.replace('_', '-')} is empty; give a path")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

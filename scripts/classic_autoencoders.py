@@ -118,7 +118,8 @@ def train_models(cfg: DigitsConfig, x_train: torch.Tensor) -> tuple[dict[str, Au
     batches. Returns the models (input scale folded in, so they take raw pixels; eval mode),
     their metrics on the last logged batch, and the input scale."""
     train_cfg = TrainConfig(store="sklearn.datasets.load_digits", out=cfg.out, batch_size=cfg.batch_size, lr=cfg.lr,
-                            seed=cfg.seed, log_every=max(1, cfg.n_steps // 10), checkpoint_every_tokens=None)
+                            seed=cfg.seed, log_every=max(1, cfg.n_steps // 10), checkpoint_every_tokens=None,
+                            b_dec_init="zeros")
     stats = estimate_input_stats(iter([x_train]), len(x_train), normalize=True, want_median=False)
     common = dict(d_in=x_train.shape[1], metadata={"data": "sklearn load_digits, pixel / 16"})
     specs = [

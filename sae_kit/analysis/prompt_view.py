@@ -72,6 +72,8 @@ def prompt_features(text: str, autoencoder, lm, hook_module: str, *, top: int = 
 class PromptViewConfig(JsonConfig):
     """What `sae-kit features` shows: a run's features on one text."""
 
+    nonempty = ('run',)
+
     run: str
     """Autoencoder run directory."""
     text: str
@@ -88,6 +90,9 @@ class PromptViewConfig(JsonConfig):
     """cpu, cuda … (default: CUDA if present)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.text.strip():
+            raise SaeKitError("--text is empty; give the text whose features to show")
         if self.top < 1:
             raise SaeKitError(f"--top must be at least 1 (got {self.top})")
 

@@ -42,6 +42,8 @@ from sae_kit.lm.models import choose_device, load_model
 class AnalysisConfig(JsonConfig):
     """Everything that defines an analysis pass; saved in analysis.json."""
 
+    nonempty = ('out',)
+
     run: str | None
     """Autoencoder run directory (config.json + weights.safetensors); None when `analyze` is given a model."""
     out: str
@@ -72,6 +74,7 @@ class AnalysisConfig(JsonConfig):
     """Device for encoding (default: CUDA if present, else CPU)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("top_k", "n_quantiles", "batch_size", "logit_top"):
             if getattr(self, name) < 1:
                 raise SaeKitError(f"{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")

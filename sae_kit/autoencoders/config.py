@@ -53,6 +53,7 @@ class AutoencoderConfig(JsonConfig):
     """Provenance (store path, LM spec, input scale folded in, …): JSON-serialisable, free-form."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         cls = architecture(self.arch)
         if self.d_in < 1 or self.d_sae < 1:
             raise SaeKitError(f"d_in and d_sae must be positive (got d_in={self.d_in}, d_sae={self.d_sae})")

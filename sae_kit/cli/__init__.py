@@ -16,7 +16,7 @@ import os
 import sys
 
 from sae_kit.cli import analyze, dashboard, demo, evaluate, harvest, steer, train
-from sae_kit.errors import SaeKitError
+from sae_kit.errors import SaeKitError, describe_os_error
 
 COMMANDS = (harvest, train, evaluate, analyze, dashboard, steer, demo)
 """Command modules, in the order `sae-kit --help` lists them."""
@@ -44,12 +44,27 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("SAE_KIT_DEBUG", "") not in ("", "0")
     try:
         result = args.func(args)
-    except SaeKitError as err:
-        if debug:
-            raise
-        print(f"sae-kit {args.command}: error: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"sae-kit {args.command}: interrupted; work already written is kept.", file=sys.stderr)
         return 130
+    except Exception as err:  # every failure is one line on stderr; --debug shows the traceback
+        if debug:
+            raise
+        print(f"sae-kit {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return 1
     return int(result or 0)
+
+
+def one_line(err: Exception) -> str:
+    """The message a user sees for `err`: ours as written, the system's with what to do, and
+    anything unexpected named as an internal error (a bug to report, with --debug's traceback)."""
+    if isinstance(err, SaeKitError):
+        return str(err)
+    if isinstance(err, OSError):
+        return describe_os_error(err)
+    if isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and (
+            "can't allocate memory" in str(err) or "out of memory" in str(err).lower())):
+        return "out of memory: lower --batch-size, --d-sae / --expansion or --tokens, or use a larger machine"
+    text = " ".join(str(err).split())[:300] or "(no message)"
+    return (f"internal error ({type(err).__name__}: {text}); run again with --debug for the traceback and "
+            "report it")

@@ -69,6 +69,7 @@ class SiteOptions(JsonConfig):
     """cpu, cuda … for re-encoding (default: CPU)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.before < 0 or self.after < 0 or self.prompt_contexts < 0:
             raise SaeKitError("--before, --after and --prompt-contexts must be non-negative")
         if not 0 <= self.min_density <= self.max_density <= 1:

@@ -34,6 +34,8 @@ STATE_FILE = "demo-state.json"
 class DemoConfig(JsonConfig):
     """Settings of the demo; the defaults are the full run on this 2-core machine (< 20 min)."""
 
+    nonempty = ('work', 'report', 'model')
+
     work: str = "runs/demo"
     """Working directory: store, runs, analysis, site, steering (kept for resuming)."""
     report: str = "reports/smollm2-135m-resid8"
@@ -57,10 +59,10 @@ class DemoConfig(JsonConfig):
     dense numbers per token in the range of the SAE's L0 (the matched-budget comparison)."""
     train_tokens: int = 1_000_000
     """Training tokens (four passes over the 237k-token train split)."""
-    batch_size: int = 1024
-    """Tokens per step: smaller than the recipe's 4096 so a short run takes enough steps."""
-    lr: float = 5e-4
-    """Adam learning rate: higher than the recipe's 5e-5, which assumes ~10⁹ training tokens."""
+    batch_size: int | None = None
+    """Tokens per step; None: derived from the training tokens as `sae-kit train` does (1024 here)."""
+    lr: float | None = None
+    """Adam learning rate; None: derived from the number of steps as `sae-kit train` does (5e-4 here)."""
     ce_contexts: int = 64
     """Held-out contexts for the spliced-model CE / KL metrics."""
     dashboard_features: int = 200

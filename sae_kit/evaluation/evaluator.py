@@ -38,6 +38,8 @@ TABLE_FILE = "eval.md"
 class EvalConfig(JsonConfig):
     """What `sae-kit evaluate` measures and on what."""
 
+    nonempty = ('run',)
+
     run: str
     """A run directory, or a sweep root (every sub-run is evaluated and tabulated)."""
     store: str | None = None
@@ -58,6 +60,7 @@ class EvalConfig(JsonConfig):
     """Device (default: CUDA when present, else CPU)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.batch_size < 1 or self.ce_batch_size < 1 or self.ce_contexts < 0:
             raise SaeKitError("batch sizes must be positive and --ce-contexts non-negative")
         if self.eval_tokens is not None and self.eval_tokens < 1:

@@ -117,7 +117,8 @@ def _run_benchmark(data_cfg, archs, d_sae, l1_coefficient, k, steps, batch_size,
     k = k or max(1, round(data_cfg.active_features))
     cfg = TrainConfig(store="synthetic", out="-", archs=archs, l1_coefficients=(l1_coefficient,), ks=(k,),
                       d_sae=d_sae, pca_components=min(d_sae, data_cfg.d_in), batch_size=batch_size, lr=lr,
-                      seed=seed, log_every=steps, checkpoint_every_tokens=None, dead_window_tokens=50 * batch_size)
+                      seed=seed, log_every=steps, checkpoint_every_tokens=None, dead_window_tokens=50 * batch_size,
+                      b_dec_init="zeros")
     g = torch.Generator().manual_seed(seed + 12345)
     probe, _ = data.sample(eval_samples, g)
     scale = data_cfg.d_in**0.5 / float(probe.norm(dim=-1).mean())  # E‖x‖ = √d, as in the recipe

@@ -7,6 +7,7 @@ computes exactly the batches an uninterrupted one would (bitwise-identical store
 
 from __future__ import annotations
 
+import errno
 import math
 import shutil
 import sys
@@ -23,9 +24,9 @@ from sae_kit import __version__
 from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
 from sae_kit.harvest.store import MANIFEST, StoreWriter, read_manifest
-from sae_kit.lm.corpus import CorpusSpec, iter_documents, pack_contexts, special_token_ids
+from sae_kit.lm.corpus import CorpusSpec, check_corpus, iter_documents, pack_contexts, special_token_ids
 from sae_kit.lm.hooks import resolve_hooks, run_to_hooks
-from sae_kit.lm.models import DTYPES, LoadedModel, load_model, parse_dtype
+from sae_kit.lm.models import DTYPES, LoadedModel, check_before_loading, load_model, normalise_spec, parse_dtype
 
 META_BYTES_PER_TOKEN = 12  # tokens, context, position as int32
 
@@ -33,6 +34,8 @@ META_BYTES_PER_TOKEN = 12  # tokens, context, position as int32
 @dataclass(frozen=True)
 class HarvestConfig(JsonConfig):
     """Everything that defines a harvest; saved in the store manifest."""
+
+    nonempty = ('out', 'model')
 
     out: str
     """Store directory to write."""
@@ -57,7 +60,8 @@ class HarvestConfig(JsonConfig):
     model_dtype: Literal["float32", "bfloat16", "float16"] | None = None
     """Dtype of the language model's weights (default float32)."""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.dtype not in DTYPES:
             raise SaeKitError(f"unknown storage dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         for name in ("tokens", "context_len", "shard_tokens", "batch_size"):
@@ -86,11 +90,21 @@ def harvest(cfg: HarvestConfig, *, resume: bool = False, overwrite: bool = False
     out = Path(cfg.out)
     _check_out_dir(out, resume, overwrite)
     resuming = resume and (out / MANIFEST).is_file()
-    if resuming and read_manifest(out).get("complete"):
-        print(f"{out} is already complete; nothing to do", file=sys.stderr)
-        return out
-
-    loaded = loaded or load_model(cfg.model, device=cfg.device, dtype=cfg.model_dtype)
+    if resuming:
+        stored = read_manifest(out)
+        _check_resume_settings(stored, cfg)
+        if stored.get("complete"):
+            print(f"{out} is already complete; nothing to do", file=sys.stderr)
+            return out
+    # Everything that can be checked without the model, before the ~17 s it takes to load it.
+    check_corpus(cfg.corpus)
+    if loaded is None:
+        facts = check_before_loading(cfg.model, cfg.hooks, cfg.context_len)
+        if facts is not None and facts.d_model:
+            per_token = len(cfg.hooks) * facts.d_model * parse_dtype(cfg.dtype).itemsize + META_BYTES_PER_TOKEN
+            _check_disk(out, cfg.n_contexts * cfg.context_len * per_token, quiet=True)
+        loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.model_dtype)
+    _check_context_len(loaded, cfg.context_len)
     module_names = resolve_hooks(loaded.model, list(cfg.hooks))
     dims = _hook_dims(loaded.model, module_names)
     manifest = planned_manifest(cfg, loaded, module_names, dims)
@@ -155,7 +169,10 @@ def write_shards(cfg: HarvestConfig, loaded: LoadedModel, module_names: list[str
             tensors["tokens"] = ids.reshape(-1)
             tensors["context"] = torch.arange(next_context, next_context + n_ctx, dtype=torch.int32).repeat_interleave(length)
             tensors["position"] = torch.arange(length, dtype=torch.int32).repeat(n_ctx)
-            writer.write_shard(tensors)
+            try:
+                writer.write_shard(tensors)
+            except OSError as err:
+                raise _write_failure(err, writer) from err
             next_context += n_ctx
     finally:
         bar.close()
@@ -198,6 +215,42 @@ def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
                       "--overwrite to replace it, or choose another --out")
 
 
+def _check_resume_settings(stored: dict, cfg: HarvestConfig) -> None:
+    """A resumed harvest (also of a store that is already complete) must be the same harvest:
+    checked against the manifest before any model loads."""
+    before = stored.get("harvest", {})
+    planned = {"context_len": cfg.context_len, "corpus": cfg.corpus.to_dict(), "hooks": list(cfg.hooks),
+               "dtype": cfg.dtype, "requested_tokens": cfg.tokens, "model": normalise_spec(cfg.model)}
+    recorded = {"context_len": stored.get("context_len"), "corpus": stored.get("corpus"),
+                "hooks": list(before.get("hooks", [h.get("requested") or h["name"] for h in stored.get("hooks", [])])),
+                "dtype": before.get("dtype", cfg.dtype), "requested_tokens": stored.get("requested_tokens", cfg.tokens),
+                "model": stored.get("model", {}).get("spec")}
+    differ = [k for k in planned if recorded[k] != planned[k]]
+    if differ:
+        detail = ", ".join(f"{k}: store {recorded[k]!r} vs now {planned[k]!r}" for k in differ)
+        raise SaeKitError(f"--resume with different settings ({detail}); resume with the store's settings, "
+                          "or harvest into another --out")
+
+
+def _check_context_len(loaded: LoadedModel, context_len: int) -> None:
+    limit = next((getattr(loaded.model.config, name) for name in ("max_position_embeddings", "n_positions")
+                  if isinstance(getattr(loaded.model.config, name, None), int)), None)
+    if limit and context_len > limit:
+        raise SaeKitError(f"--context-len {context_len} is longer than the model supports ({limit} positions); "
+                          f"use at most {limit}")
+
+
+def _write_failure(err: OSError, writer: StoreWriter) -> SaeKitError:
+    """A failed shard write as one line: which shard, why, and what the store still holds."""
+    shards, tokens = len(writer.manifest["shards"]), writer.manifest["n_tokens"]
+    kept = f"the store keeps its {shards} complete shard(s) ({tokens:,} tokens)"
+    if err.errno == errno.ENOSPC:
+        return SaeKitError(f"the disk filled up while writing shard {shards} of {writer.path}; {kept}: free some "
+                           "space and continue with --resume")
+    return SaeKitError(f"writing shard {shards} of {writer.path} failed ({err.strerror or err}); {kept}: fix the "
+                       "cause and continue with --resume")
+
+
 def _check_resume_matches(stored: dict, planned: dict) -> None:
     for key, what in (("context_len", "context length"), ("corpus", "corpus"), ("hooks", "hooks")):
         if stored.get(key) != planned[key]:
@@ -208,14 +261,19 @@ def _check_resume_matches(stored: dict, planned: dict) -> None:
                           f"not {planned['model']['spec']!r}; use the original --model")
 
 
-def _check_disk(out: Path, needed: int) -> None:
+DISK_MARGIN = 64 << 20
+"""Room left free beyond the store's estimated size (manifests, temporary shard files, the rest of the system)."""
+
+
+def _check_disk(out: Path, needed: int, quiet: bool = False) -> None:
     existing = next(p for p in (out, *out.resolve().parents) if p.exists())
     free = shutil.disk_usage(existing).free
-    print(f"the store will take about {_human(needed)} more on disk ({_human(free)} free)", file=sys.stderr)
-    margin = 64 << 20
-    if needed + margin > free:
-        raise SaeKitError(f"not enough disk space at {out}: the store needs about {_human(needed)} and only "
-                          f"{_human(free)} is free; free some space, lower --tokens, or use --dtype bfloat16")
+    if not quiet:
+        print(f"the store will take about {_human(needed)} more on disk ({_human(free)} free)", file=sys.stderr)
+    if needed + DISK_MARGIN > free:
+        raise SaeKitError(f"not enough disk space at {out}: the store needs about {_human(needed)} plus a "
+                          f"{_human(DISK_MARGIN)} safety margin, and only {_human(free)} is free; free some space, "
+                          "lower --tokens, or use --store-dtype bfloat16")
 
 
 def _human(n: float) -> str:

@@ -15,6 +15,7 @@ dropped so every stored context has the same length.
 from __future__ import annotations
 
 import ast
+import json
 import sysconfig
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -48,11 +49,19 @@ class CorpusSpec(JsonConfig):
 
 
 def iter_documents(spec: CorpusSpec) -> Iterator[str]:
-    """Yield the corpus' documents (non-empty strings) in a deterministic order."""
+    """Yield the corpus' documents (non-empty strings) in a deterministic order.
+
+    Local .txt files give one document per line (as `datasets`' text loader does), .jsonl one per
+    line's `text_column`; both are read here, line by line, so a damaged line is named in the
+    error. Parquet files and hub datasets go through `datasets`."""
     if spec.dataset == PYTHON_DOCS:
         yield from python_docstrings()
         return
-    dataset = _load_dataset(spec)
+    files = local_files(spec)
+    if files and LOCAL_SUFFIXES[files[0].suffix] in ("text", "json"):
+        yield from _read_lines(files, spec.text_column)
+        return
+    dataset = _load_dataset(spec, files)
     if spec.text_column not in (dataset.column_names or [spec.text_column]):
         raise SaeKitError(
             f"dataset {spec.dataset!r} has no column {spec.text_column!r}; "
@@ -62,6 +71,86 @@ def iter_documents(spec: CorpusSpec) -> Iterator[str]:
         text = row[spec.text_column]
         if isinstance(text, str) and text.strip():
             yield text
+
+
+def check_corpus(spec: CorpusSpec) -> None:
+    """Fail now, with one line, if the corpus cannot give a single document (before any model loads).
+    Local .txt/.jsonl files are read to the end, so a damaged line is found before the harvest
+    starts; other corpora are checked on their first document."""
+    documents = iter_documents(spec)
+    try:
+        next(documents)
+        files = local_files(spec)
+        if files and LOCAL_SUFFIXES[files[0].suffix] in ("text", "json"):
+            for _ in documents:
+                pass
+    except StopIteration:
+        raise SaeKitError(f"the corpus {spec.dataset!r} holds no text (every document is empty); "
+                          "pass a file or dataset with text in it") from None
+    finally:
+        documents.close()
+
+
+def looks_like_path(name: str) -> bool:
+    """True for names that can only mean a local file: absolute or relative paths, a known suffix,
+    or more than one '/' (hub ids are 'name' or 'owner/name')."""
+    return (name.startswith(("/", "./", "../", "~")) or Path(name).suffix.lower() in LOCAL_SUFFIXES
+            or name.count("/") > 1)
+
+
+def local_files(spec: CorpusSpec) -> list[Path]:
+    """The local files of a corpus given as a file or folder ([] for a hub dataset)."""
+    path = Path(spec.dataset).expanduser()
+    if not path.exists():
+        if looks_like_path(spec.dataset):
+            raise SaeKitError(f"the corpus file or folder {spec.dataset} does not exist")
+        return []
+    files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES and p.is_file()) if path.is_dir() else [path]
+    if not files:
+        raise SaeKitError(f"{spec.dataset} holds no .txt, .jsonl or .parquet files")
+    kinds = {LOCAL_SUFFIXES.get(f.suffix) for f in files}
+    if None in kinds or len(kinds) > 1:
+        raise SaeKitError(
+            f"{spec.dataset}: local corpora must be all .txt, all .jsonl or all .parquet files, got "
+            f"{', '.join(sorted({f.suffix or '(no suffix)' for f in files}))}"
+        )
+    return files
+
+
+def _read_lines(files: list[Path], text_column: str) -> Iterator[str]:
+    """Documents of local .txt (each line) or .jsonl (each line's `text_column`) files."""
+    for file in files:
+        as_json = LOCAL_SUFFIXES[file.suffix] == "json"
+        try:
+            handle = open(file, encoding="utf-8")
+        except OSError as err:
+            raise SaeKitError(f"cannot read the corpus file {file} ({err.strerror})") from err
+        with handle:
+            number = 0
+            try:
+                for number, line in enumerate(handle, 1):
+                    text = _json_text(line, file, number, text_column) if as_json else line.rstrip("\n")
+                    if isinstance(text, str) and text.strip():
+                        yield text
+            except UnicodeDecodeError:
+                raise SaeKitError(f"{file} is not UTF-8 text (line {number + 1}); pass a text file") from None
+
+
+def _json_text(line: str, file: Path, number: int, text_column: str):
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise SaeKitError(f"{file}, line {number}: not valid JSON ({err.msg}); every line of a .jsonl file "
+                          "must be one JSON object") from None
+    if not isinstance(row, dict):
+        raise SaeKitError(f"{file}, line {number}: a JSON {type(row).__name__}, not an object with a "
+                          f"{text_column!r} field")
+    if text_column not in row:
+        raise SaeKitError(f"dataset {str(file)!r} has no column {text_column!r} (line {number}); "
+                          f"pass --text-column with one of: {', '.join(row)}")
+    return row[text_column]
 
 
 def python_docstrings(min_chars: int = MIN_DOCSTRING_CHARS) -> Iterator[str]:
@@ -87,27 +176,19 @@ def python_docstrings(min_chars: int = MIN_DOCSTRING_CHARS) -> Iterator[str]:
                     yield doc
 
 
-def _load_dataset(spec: CorpusSpec):
+def _load_dataset(spec: CorpusSpec, files: list[Path]):
+    """Local parquet files or a hub dataset through `datasets`, every failure as one line."""
     import datasets
 
-    path = Path(spec.dataset).expanduser()
-    if path.exists():
-        files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES) if path.is_dir() else [path]
-        if not files:
-            raise SaeKitError(f"{spec.dataset} holds no .txt, .jsonl or .parquet files")
-        kinds = {LOCAL_SUFFIXES.get(f.suffix) for f in files}
-        if None in kinds or len(kinds) > 1:
-            raise SaeKitError(
-                f"{spec.dataset}: local corpora must be all .txt, all .jsonl or all .parquet files, got "
-                f"{', '.join(sorted({f.suffix for f in files}))}"
-            )
-        return datasets.load_dataset(kinds.pop(), data_files=[str(f) for f in files], split="train")
     try:
-        return datasets.load_dataset(
-            spec.dataset, spec.dataset_config, split=spec.split, streaming=spec.streaming
-        )
-    except Exception as err:  # datasets raises many types (ConnectionError, FileNotFoundError, ...)
+        if files:
+            return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+        return datasets.load_dataset(spec.dataset, spec.dataset_config, split=spec.split, streaming=spec.streaming)
+    except Exception as err:  # datasets raises many types (ConnectionError, FileNotFoundError, ArrowInvalid, ...)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if files:
+            raise SaeKitError(f"could not read the parquet corpus {spec.dataset} ({first}); "
+                              "the file is damaged or not parquet") from err
         raise SaeKitError(
             f"could not load dataset {spec.dataset!r} ({first}); pass 'python-docs', a local "
             ".txt/.jsonl/.parquet file or folder, or a hub dataset name where the hub is reachable"

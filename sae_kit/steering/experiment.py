@@ -24,6 +24,8 @@ from sae_kit.steering.sweep import SteeringResult, compare, load_feature_info, s
 class SteerConfig(JsonConfig):
     """What to steer, on which prompts, with which model; the decoding is `GenerateOptions`."""
 
+    nonempty = ('run',)
+
     run: str
     """Trained autoencoder run directory (config.json + weights.safetensors)."""
     analysis: str | None = None

@@ -41,6 +41,7 @@ class GenerateOptions(JsonConfig):
     feature statistics (max activation) were measured in the same setting."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_new_tokens < 1:
             raise SaeKitError(f"max_new_tokens must be at least 1 (got {self.max_new_tokens})")
         if self.temperature < 0 or not 0 < self.top_p <= 1:

@@ -131,8 +131,8 @@ def _fsync(path: Path) -> None:
 # ----------------------------------------------------------------------------- a training run's state
 
 
-def write_checkpoint(root: Path, cfg, slots, step: int, n_steps: int, stats) -> None:
-    """Save a training run (`sae_kit.train.Slot`s, TrainConfig, InputStats) at `step`: everything
+def write_checkpoint(root: Path, cfg, slots, step: int, n_steps: int, stats, extra: dict | None = None) -> None:
+    """Save a training run (`sae_kit.training.loop.Slot`s, TrainConfig, InputStats) at `step`: everything
     needed to continue bit-for-bit — weights, optimizer state, dead-latent trackers, PCA moments,
     RNG state and the reader position (batches consumed = step)."""
     files: dict[str, dict[str, torch.Tensor]] = {"rng": rng_to_tensors()}
@@ -150,7 +150,7 @@ def write_checkpoint(root: Path, cfg, slots, step: int, n_steps: int, stats) -> 
         models.append(entry)
     state = {"step": step, "n_steps": n_steps, "tokens": step * cfg.batch_size, "training": cfg.to_dict(),
              "input_stats": asdict(stats), "models": models,
-             "reader": {"seed": cfg.seed, "batch_size": cfg.batch_size, "skip_batches": step}}
+             "reader": {"seed": cfg.seed, "batch_size": cfg.batch_size, "skip_batches": step}, **(extra or {})}
     save_checkpoint(root, state, files)
 
 

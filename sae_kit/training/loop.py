@@ -66,6 +66,8 @@ class Slot:
 def make_slot(spec: ModelSpec, cfg: TrainConfig, device: torch.device, window_steps: int,
               stats: InputStats) -> Slot:
     """Build and initialise one model (every model of a run starts from the seed's init)."""
+    if not cfg.resolved:
+        raise ValueError("make_slot needs a resolved TrainConfig: call sae_kit.training.recipe.resolve first")
     torch.manual_seed(cfg.seed)
     model = build_autoencoder(spec.cfg)
     if model.fitted_in_closed_form:
@@ -92,10 +94,15 @@ def fit(
     start_step: int = 0,
     stop_after_steps: int | None = None,
     progress: bool = True,
+    checkpoint_extra: dict | None = None,
 ) -> bool:
     """Train `slots` for steps start_step..n_steps-1 on batches_from(start_step). Returns True when
     finished, False when stopped early by `stop_after_steps` (as a kill would, after the last
-    checkpoint). Writes metrics.jsonl per slot and checkpoints under checkpoint_dir (if given)."""
+    checkpoint). Writes metrics.jsonl per slot and checkpoints under checkpoint_dir (if given),
+    with `checkpoint_extra` added to their state.json. `cfg` must be resolved (`recipe.resolve`)."""
+    if not cfg.resolved:
+        raise ValueError("fit needs a resolved TrainConfig (batch_size, lr, b_dec_init set): call "
+                         "sae_kit.training.recipe.resolve first")
     B = cfg.batch_size
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16"
                 else contextlib.nullcontext())
@@ -129,7 +136,7 @@ def fit(
             bar.update(B)
             if checkpoint_dir is not None and checkpoint_steps and (step + 1) % checkpoint_steps == 0 and step + 1 < n_steps:
                 check_finite(slots, checkpoint_dir)
-                write_checkpoint(checkpoint_dir, cfg, slots, step + 1, n_steps, stats)
+                write_checkpoint(checkpoint_dir, cfg, slots, step + 1, n_steps, stats, extra=checkpoint_extra)
             if stop_after_steps is not None and step + 1 >= stop_after_steps and step + 1 < n_steps:
                 return False
         check_finite(slots, checkpoint_dir)

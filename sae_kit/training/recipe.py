@@ -1,10 +1,14 @@
-"""The training recipe: `TrainConfig` (its defaults are the recipe), schedules, model specs and
-input statistics. Pure configuration and arithmetic; the loop is in `sae_kit.train`.
+"""The training recipe: `TrainConfig` (its defaults are the recipe), the settings derived from
+the size of a run (`resolve`), schedules, model specs and input statistics. Pure configuration
+and arithmetic; the loop is in `sae_kit.training.loop`.
 
 Defaults follow Anthropic's April 2024 update ("Training SAEs"), as used by SAELens and
 dictionary_learning: inputs scaled so E‖x‖ = √d_in; Adam (β 0.9, 0.999), lr 5e-5; λ = 5
 warmed up linearly over the first 5 % of steps; lr decayed linearly to 0 over the last 20 %;
-gradient-norm clipping at 1; batches of 4096 tokens.
+gradient-norm clipping at 1; batches of 4096 tokens. Those assume ~10⁸–10⁹ training tokens;
+for the 10⁵–10⁷ of a first run they leave an SAE worse than the mean (FVU > 1), so the
+training tokens, batch size and lr that the user leaves open are derived from the run's size
+(`resolve`, rules in its docstring), and runs of 10⁸+ tokens get the recipe unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class TrainConfig(JsonConfig):
     """Everything that defines a training run; saved in every run's config.json."""
 
     config_name = "training config"
+    nonempty = ('store', 'out')
 
     store: str
     """Activation store directory (from `sae-kit harvest`)."""
@@ -57,11 +62,12 @@ class TrainConfig(JsonConfig):
     beta: float = 1.0
     """Weight β of the VAE's KL term."""
     tokens: int | None = None
-    """Training tokens; None means one pass over the store's train split (cycled if larger)."""
-    batch_size: int = 4096
-    """Tokens per step."""
-    lr: float = 5e-5
-    """Adam learning rate (peak)."""
+    """Training tokens; None: one pass over the store's train split, and at least 1M tokens (a
+    small store is passed over several times)."""
+    batch_size: int | None = None
+    """Tokens per step; None: derived from the tokens (4096 for 10⁸+ tokens, as in the recipe)."""
+    lr: float | None = None
+    """Adam learning rate (peak); None: derived from the number of steps (5e-5 for 10⁸+ tokens)."""
     adam_beta1: float = 0.9
     """Adam β₁."""
     adam_beta2: float = 0.999
@@ -74,8 +80,8 @@ class TrainConfig(JsonConfig):
     """Initial fraction of steps over which λ rises linearly from 0."""
     max_grad_norm: float = 1.0
     """Gradient-norm clipping threshold (0 turns clipping off)."""
-    b_dec_init: Literal["zeros", "mean", "geometric_median"] = "zeros"
-    """Initial decoder bias: zeros (recipe), the data mean, or the geometric median."""
+    b_dec_init: Literal["zeros", "mean", "geometric_median"] | None = None
+    """Initial decoder bias: zeros, the data mean, or the geometric median; None: the geometric median."""
     normalize_inputs: bool = True
     """Scale inputs by one constant so that E‖x‖ = √d_in (folded into the saved weights)."""
     norm_estimation_tokens: int = 131_072
@@ -96,6 +102,7 @@ class TrainConfig(JsonConfig):
     """Tokens between checkpoints (weights, optimizer, step, RNG, reader position); None: off."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for arch in self.archs:
             if arch not in ARCHITECTURES:
                 raise SaeKitError(f"unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
@@ -103,11 +110,11 @@ class TrainConfig(JsonConfig):
             raise SaeKitError("give at least one --arch")
         if len(set(self.archs)) != len(self.archs):
             raise SaeKitError(f"--arch lists a model twice: {','.join(self.archs)}")
-        positive = ("batch_size", "expansion", "log_every", "norm_estimation_tokens", "dead_window_tokens")
+        positive = ("expansion", "log_every", "norm_estimation_tokens", "dead_window_tokens")
         for name in positive:
             if getattr(self, name) < 1:
                 raise SaeKitError(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
-        for name in ("tokens", "d_sae", "baseline_d_sae", "pca_components", "resample_every_tokens",
+        for name in ("tokens", "batch_size", "d_sae", "baseline_d_sae", "pca_components", "resample_every_tokens",
                      "checkpoint_every_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -116,7 +123,7 @@ class TrainConfig(JsonConfig):
             raise SaeKitError("--l1 takes one or more non-negative values, e.g. --l1 1,2,5,10")
         if not self.ks or any(k < 1 for k in self.ks):
             raise SaeKitError("--k takes one or more positive integers, e.g. --k 32,64")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise SaeKitError(f"--lr must be positive (got {self.lr})")
         for name in ("lr_warmup_fraction", "lr_decay_fraction", "l1_warmup_fraction"):
             if not 0 <= getattr(self, name) <= 1:
@@ -125,8 +132,111 @@ class TrainConfig(JsonConfig):
             raise SaeKitError("lr warmup and decay fractions add up to more than 1")
         if self.dtype not in ("float32", "bfloat16"):
             raise SaeKitError(f"--dtype must be float32 or bfloat16 (got {self.dtype!r})")
-        if self.b_dec_init not in ("zeros", "mean", "geometric_median"):
+        if self.b_dec_init not in (None, "zeros", "mean", "geometric_median"):
             raise SaeKitError(f"b_dec_init must be zeros, mean or geometric_median (got {self.b_dec_init!r})")
+
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the settings the loop needs have values (`fit` refuses otherwise; see `resolve`)."""
+        return None not in (self.batch_size, self.lr, self.b_dec_init)
+
+
+# ----------------------------------------------------------------------------- settings derived from the run's size
+
+RECIPE_TOKENS = 100_000_000
+"""From 10⁸ training tokens on, the April 2024 recipe applies unchanged (batch 4096, lr 5e-5)."""
+RECIPE_BATCH = 4096
+RECIPE_LR = 5e-5
+RECIPE_STEPS = RECIPE_TOKENS // RECIPE_BATCH
+"""24,414 steps: the shortest run the recipe's lr is used for."""
+SHORT_RUN = (977, 5e-4)
+"""(steps, lr) of the measured short-run anchor: 1M tokens of the default store at batch 1024 and
+lr 5e-4 reach held-out FVU 0.154 at L0 68 with 0.1 % dead latents (the committed demo report)."""
+LR_EXPONENT = math.log(RECIPE_LR / SHORT_RUN[1]) / math.log(SHORT_RUN[0] / RECIPE_STEPS)
+"""≈ 0.716: lr ∝ steps^−0.716, the power law through the recipe's point and the short-run anchor."""
+MIN_DEFAULT_TOKENS = 1_000_000
+"""Default training tokens for a small store (passed over several times): the short-run anchor."""
+STEPS_PER_BATCH_RULE = 1000
+"""The derived batch is the power of two nearest to tokens / 1000, in [256, 4096]: about a
+thousand steps for short runs (fewer, larger steps left most latents dead in our measurements:
+400k tokens at batch 4096 gave 37 % dead latents, at batch 1024 under 6 %)."""
+SHORT_RUN_WARNING_STEPS = 300
+"""Fewer steps than this train poorly whatever the lr: the run warns."""
+
+
+@dataclass(frozen=True)
+class Derived:
+    """One setting `resolve` derived because the user left it open."""
+
+    field: str
+    """The TrainConfig field."""
+    value: object
+    """The value it got."""
+    rule: str
+    """Why (the rule and its source or measurement), printed at start and saved in config.json."""
+
+
+def derived_batch_size(tokens: int) -> int:
+    """Batch size for a run of `tokens` tokens: 2^round(log2(tokens / 1000)) clamped to [256, 4096]."""
+    exponent = round(math.log2(max(tokens / STEPS_PER_BATCH_RULE, 1)))
+    return int(min(RECIPE_BATCH, max(256, 2**exponent)))
+
+
+def derived_lr(steps: int) -> float:
+    """lr for a run of `steps` steps: 5e-5 · (24,414 / steps)^0.716, clamped to [5e-5, 2e-3] (the
+    recipe's lr from 24,414 steps on; 5e-4 at 977 steps, the measured short-run anchor)."""
+    lr = RECIPE_LR * (RECIPE_STEPS / max(steps, 1)) ** LR_EXPONENT
+    return float(f"{min(2e-3, max(RECIPE_LR, lr)):.3g}")
+
+
+def resolve(cfg: TrainConfig, train_tokens: int) -> tuple[TrainConfig, tuple[Derived, ...]]:
+    """The settings the user left open (None), derived from the run's size; explicit values win.
+
+    - tokens: one pass over the train split, at least MIN_DEFAULT_TOKENS (1M; a smaller store is
+      passed over several times);
+    - batch_size: the power of two nearest to tokens / 1000, in [256, 4096] (4096 from 4.1M
+      tokens on, the recipe's);
+    - lr: 5e-5 · (24,414 / steps)^0.716 in [5e-5, 2e-3]: the recipe's 5e-5 for 10⁸+ tokens, 5e-4
+      at 977 steps (the measured anchor `SHORT_RUN`), a power law between;
+    - b_dec_init: the geometric median of the data (SAELens' b_dec_init_method, Gao et al. 2024's
+      TopK trainer; in our short runs it reached the same FVU at a lower L0 than zeros).
+    Returns the resolved config (no None left among these fields) and what was derived.
+    """
+    derived: list[Derived] = []
+    tokens = cfg.tokens
+    if tokens is None:
+        tokens = max(train_tokens, MIN_DEFAULT_TOKENS)
+        passes = tokens / max(train_tokens, 1)
+        rule = ("one pass over the store's train split" if tokens == train_tokens else
+                f"{passes:.1f} passes over the store's {train_tokens:,}-token train split (at least "
+                f"{MIN_DEFAULT_TOKENS:,} tokens; the measured short-run anchor)")
+        derived.append(Derived("tokens", tokens, rule))
+    batch = cfg.batch_size
+    if batch is None:
+        batch = derived_batch_size(tokens)
+        derived.append(Derived("batch_size", batch, "the power of two nearest to tokens / 1000, in [256, 4096] "
+                               "(4096, the recipe's, from 4.1M tokens on)"))
+    lr = cfg.lr
+    if lr is None:
+        lr = derived_lr(tokens // batch)
+        derived.append(Derived("lr", lr, f"5e-5 · (24,414 / {tokens // batch:,} steps)^{LR_EXPONENT:.3f}, in "
+                               "[5e-5, 2e-3]: the recipe's lr from 10⁸ tokens on, 5e-4 at 977 steps (measured)"))
+    b_dec_init = cfg.b_dec_init
+    if b_dec_init is None:
+        b_dec_init = "geometric_median"
+        derived.append(Derived("b_dec_init", b_dec_init, "the data's geometric median (SAELens, Gao et al. 2024; "
+                               "measured: the same FVU at a lower L0 than zeros in short runs)"))
+    return cfg.replace(tokens=tokens, batch_size=batch, lr=lr, b_dec_init=b_dec_init), tuple(derived)
+
+
+def short_run_warning(cfg: TrainConfig) -> str | None:
+    """One line when a resolved run has too few steps to train well, saying what to change."""
+    steps = cfg.tokens // cfg.batch_size
+    if steps >= SHORT_RUN_WARNING_STEPS:
+        return None
+    return (f"warning: {steps} steps of {cfg.batch_size:,} tokens is too short to train well (the defaults aim at "
+            f"≥ 1,000): raise --tokens (a small store is then passed over several times) or lower --batch-size")
 
 
 # ----------------------------------------------------------------------------- schedules

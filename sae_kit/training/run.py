@@ -10,6 +10,7 @@ its metrics and provenance.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -29,7 +30,8 @@ from sae_kit.harvest.reader import ActivationStore
 from sae_kit.lm.models import choose_device
 from sae_kit.training.checkpoint import find_checkpoint, load_checkpoint, restore_checkpoint
 from sae_kit.training.loop import METRICS_FILE, Slot, fit, make_slot, summary_table
-from sae_kit.training.recipe import InputStats, ModelSpec, TrainConfig, estimate_input_stats, model_specs
+from sae_kit.training.recipe import (Derived, InputStats, ModelSpec, TrainConfig, estimate_input_stats, model_specs,
+                                    resolve, short_run_warning)
 
 RESUME_MAY_CHANGE = ("device", "log_every", "checkpoint_every_tokens")
 """Settings a resumed run may change: they do not change the weights it reaches."""
@@ -46,14 +48,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_steps: int | Non
     stops early as a kill would (for tests of resume); nothing final is written then.
     """
     out = Path(cfg.out)
-    state, files = _checkpoint_to_resume(cfg, out, resume)
     store = ActivationStore(cfg.store)
     hook = store.resolve_hook_name(cfg.hook)
     device = choose_device(cfg.device)
     n_train = store.count("train")
-    n_steps = (cfg.tokens or n_train) // cfg.batch_size
+    cfg, derived = resolve(cfg, n_train)
+    state, files = _checkpoint_to_resume(cfg, out, resume)
+    if state is not None:
+        derived = tuple(Derived(**d) for d in state.get("derived", []))
+    n_steps = cfg.tokens // cfg.batch_size
     if n_steps < 1:
-        raise SaeKitError(f"{cfg.tokens or n_train} tokens make no full batch of {cfg.batch_size}; "
+        raise SaeKitError(f"{cfg.tokens} tokens make no full batch of {cfg.batch_size}; "
                           "lower --batch-size or raise --tokens")
     stats = (InputStats(**state["input_stats"]) if state is not None
              else _estimate_stats(cfg, store, hook, n_train))
@@ -65,20 +70,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_steps: int | Non
     slots = build_slots(cfg, specs, out, device, stats)
     start_step = _restore_or_start(cfg, slots, state, files)
 
-    _print_start(cfg, slots, hook, store, n_steps, device, start_step, stats)
+    _print_start(cfg, slots, hook, store, n_steps, device, start_step, stats, derived)
 
     def batches_from(skip: int) -> Iterator[torch.Tensor]:
         return store.batches(hook, cfg.batch_size, shuffle=True, seed=cfg.seed, split="train", epochs=None,
                              skip_batches=skip, device=device)
 
     finished = fit(cfg, slots, batches_from, n_steps, stats, device=device, checkpoint_dir=out,
-                   start_step=start_step, stop_after_steps=stop_after_steps, progress=progress)
+                   start_step=start_step, stop_after_steps=stop_after_steps, progress=progress,
+                   checkpoint_extra={"derived": [dataclasses.asdict(d) for d in derived]})
     if not finished:  # stopped as a kill would: only the last periodic checkpoint remains
         return []
     provenance = {**metadata, "tokens_trained": n_steps * cfg.batch_size, "steps": n_steps,
                   "store_tokens": store.n_tokens, "sae_kit_version": __version__,
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    save_models(cfg, slots, out, stats, provenance)
+    save_models(cfg, slots, out, stats, provenance, derived)
     print(summary_table(slots), file=sys.stderr)
     return [slot.run_dir for slot in slots]
 
@@ -135,11 +141,18 @@ def _restore_or_start(cfg: TrainConfig, slots: list[Slot], state: dict | None, f
     return start_step
 
 
-def _print_start(cfg, slots, hook, store, n_steps, device, start_step, stats) -> None:
+def _print_start(cfg, slots, hook, store, n_steps, device, start_step, stats, derived) -> None:
     print(f"sae-kit train: {len(slots)} model(s) on {hook} (d_in={store.d_in(hook)}) of {cfg.store}: "
           f"{n_steps} steps × {cfg.batch_size} = {n_steps * cfg.batch_size:,} tokens on {device}"
           + (f", resuming at step {start_step}" if start_step else ""), file=sys.stderr)
-    print("training config:\n" + cfg.describe(), file=sys.stderr)
+    warning = short_run_warning(cfg)
+    if warning:
+        print(f"sae-kit train: {warning}", file=sys.stderr)
+    names = {d.field for d in derived}
+    print("training config:\n" + "\n".join(line.replace("  (set)", "  (derived)") if line.split()[0] in names
+                                            else line for line in cfg.describe().splitlines()), file=sys.stderr)
+    for d in derived:
+        print(f"  {'':<24} {d.field}: {d.rule}", file=sys.stderr)
     print(f"  {'input_scale':<24} {stats.scale:.6g}  (E‖x‖ = √d_in on {stats.n_tokens} tokens)", file=sys.stderr)
     for slot in slots:
         model, spec_cfg = slot.model, slot.spec.cfg
@@ -147,12 +160,15 @@ def _print_start(cfg, slots, hook, store, n_steps, device, start_step, stats) ->
         print(f"  model {slot.name}: d_sae={spec_cfg.d_sae} decoder_norm={spec_cfg.decoder_norm}{swept}", file=sys.stderr)
 
 
-def save_models(cfg: TrainConfig, slots: list[Slot], out: Path, stats: InputStats, provenance: dict) -> None:
-    """Save every model (input scale folded in) and, for several, RUN/sweep.json listing them."""
+def save_models(cfg: TrainConfig, slots: list[Slot], out: Path, stats: InputStats, provenance: dict,
+                derived: tuple[Derived, ...] = ()) -> None:
+    """Save every model (input scale folded in) and, for several, RUN/sweep.json listing them.
+    config.json's "training" is the resolved config; "derived" says which settings were derived, how."""
     for slot in slots:
         slot.model.eval()
         slot.model.fold_input_scale_(stats.scale)
         slot.model.save(slot.run_dir, extra={"name": slot.name, "training": cfg.to_dict(), "provenance": provenance,
+                                             "derived": [dataclasses.asdict(d) for d in derived],
                                              "final_train_metrics": slot.last_metrics})
     if len(slots) > 1:
         runs = [{"name": s.name, "path": s.name, "arch": s.spec.cfg.arch, "d_sae": s.spec.cfg.d_sae,

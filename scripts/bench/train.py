@@ -75,7 +75,7 @@ def store_source(args, seed=0):
 
 def our_trainer(args, d_in, dtype: str, fused: bool, n_steps: int, source, scale: float = 1.0):
     cfg = TrainConfig(store=args.store or "-", out="-", d_sae=args.d_sae, batch_size=args.batch_size, dtype=dtype,
-                      lr=args.lr, log_every=args.log_every, checkpoint_every_tokens=None)
+                      lr=args.lr, log_every=args.log_every, checkpoint_every_tokens=None, b_dec_init="zeros")
     stats = InputStats(scale=scale, mean=[0.0] * d_in, geometric_median=None, n_tokens=0)
     slot = make_slot(model_specs(cfg, d_in)[0], cfg, torch.device("cpu"), math.ceil(1e6 / args.batch_size), stats)
     slot.model.fused = fused

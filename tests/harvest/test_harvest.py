@@ -106,12 +106,20 @@ def test_resume_with_other_settings_is_refused(tmp_path, tiny_llama_dir, capsys)
     out = tmp_path / "s"
     base = ["harvest", "--model", str(tiny_llama_dir), "--tokens", "256", "--context-len", "32", "--out", str(out)]
     assert main([*base, "--hook", "resid.0"]) == 0
-    assert main([*base, "--hook", "resid.1", "--resume"]) == 0  # complete: nothing to do
+    assert main([*base, "--hook", "resid.0", "--resume"]) == 0  # complete, same settings: nothing to do
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main([*base, "--hook", "resid.1", "--resume"]) == 1  # complete, other settings: refused, not ignored
+    assert "different settings (hooks: store ['resid.0'] vs now ['resid.1'])" in capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["complete"] = False
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert main([*base, "--hook", "resid.1", "--resume"]) == 1
-    assert "different hooks" in capsys.readouterr().err
+    assert "different settings (hooks:" in capsys.readouterr().err
+    assert main([*base, "--hook", "resid.0", "--context-len", "16", "--resume"]) == 1
+    assert "context_len: store 32 vs now 16" in capsys.readouterr().err
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after.keys() == before.keys() and all(after[k] == before[k] for k in before if k != "manifest.json")
 
 
 def test_verify_cli_names_bad_shard(tiny_store, tmp_path, capsys):

@@ -16,7 +16,7 @@ from sae_kit.harvest import ActivationStore
 from sae_kit.training import fit, make_slot, train
 from sae_kit.training.checkpoint import find_checkpoint, load_checkpoint, optimizer_from_tensors, optimizer_to_tensors
 from sae_kit.training.dead_latents import DeadLatentTracker, resample_dead_latents_
-from sae_kit.training.recipe import InputStats, TrainConfig, l1_scale_at, lr_at, model_specs
+from sae_kit.training.recipe import InputStats, TrainConfig, l1_scale_at, lr_at, model_specs, resolve
 
 
 def small(tiny_store, out, **overrides) -> TrainConfig:
@@ -36,7 +36,9 @@ def test_single_run_writes_a_complete_run_dir(tiny_store, tmp_path):
     assert run == tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {"config.json", "weights.safetensors", "metrics.jsonl"}
     config = json.loads((run / "config.json").read_text())
-    assert TrainConfig.from_dict(config["training"]) == cfg
+    saved = TrainConfig.from_dict(config["training"])  # the resolved config: what was left open, derived
+    assert saved == cfg.replace(b_dec_init="geometric_median")
+    assert [d["field"] for d in config["derived"]] == ["b_dec_init"]
     provenance = config["provenance"]
     assert provenance["store"] == str(tiny_store.resolve()) and provenance["hook_module"] == "model.layers.1"
     assert provenance["model"]["spec"] == ActivationStore(tiny_store).manifest["model"]["spec"]
@@ -115,8 +117,8 @@ def test_resume_refuses_changed_settings_and_missing_checkpoints(tiny_store, tmp
 
 def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     d_in = 8
-    cfg = TrainConfig(store="-", out=str(tmp_path), d_sae=16, batch_size=32, log_every=100,
-                      checkpoint_every_tokens=3 * 32)
+    cfg = TrainConfig(store="-", out=str(tmp_path), d_sae=16, batch_size=32, lr=5e-5, b_dec_init="zeros",
+                      log_every=100, checkpoint_every_tokens=3 * 32)
     stats = InputStats(scale=1.0, mean=[0.0] * d_in, geometric_median=None, n_tokens=0)
     slots = [make_slot(spec, cfg, torch.device("cpu"), 10, stats) for spec in model_specs(cfg, d_in)]
     slots[0].run_dir = tmp_path
@@ -151,7 +153,7 @@ def test_schedules_by_hand():
     assert lr_at(99, n, cfg) == pytest.approx(0.05)
     assert l1_scale_at(0, n, cfg) == pytest.approx(0.2)  # (0 + 1) / 5
     assert l1_scale_at(4, n, cfg) == 1.0 and l1_scale_at(60, n, cfg) == 1.0
-    plain = TrainConfig(store="-", out="-")
+    plain, _ = resolve(TrainConfig(store="-", out="-"), 10**8)  # a 10⁸-token run gets the recipe
     assert lr_at(0, n, plain) == 5e-5  # the recipe: no lr warmup
 
 
@@ -171,14 +173,19 @@ def test_train_config_round_trip_defaults_and_validation():
     cfg = TrainConfig(store="s", out="o", archs=("sae", "pca"), l1_coefficients=(1.0, 2.0))
     assert TrainConfig.from_json(cfg.to_json()) == cfg
     text = cfg.describe()
-    assert "lr                       5e-05  (default)" in text and "archs" in text and "(set)" in text
-    assert (cfg.lr, cfg.adam_beta1, cfg.adam_beta2, cfg.batch_size, cfg.max_grad_norm) == (5e-5, 0.9, 0.999, 4096, 1.0)
+    assert "lr                       None  (default)" in text and "archs" in text and "(set)" in text
+    recipe, _ = resolve(cfg, 10**8)  # left open, lr and batch size are derived: the recipe from 10⁸ tokens on
+    assert (recipe.lr, recipe.adam_beta1, recipe.adam_beta2, recipe.batch_size, recipe.max_grad_norm) == (
+        5e-5, 0.9, 0.999, 4096, 1.0)
     assert (cfg.l1_coefficients, TrainConfig(store="s", out="o").l1_coefficients) == ((1.0, 2.0), (5.0,))
     for bad, message in ((dict(archs=("sae", "sae")), "twice"), (dict(archs=("rnn",)), "unknown --arch"),
                          (dict(l1_coefficients=(-1.0,)), "--l1"), (dict(batch_size=0), "--batch-size"),
-                         (dict(lr_warmup_fraction=0.9), "add up")):
+                         (dict(lr_warmup_fraction=0.9), "add up"), (dict(lr=float("nan")), "finite"),
+                         (dict(tokens=0), "--tokens must be positive")):
         with pytest.raises(SaeKitError, match=message):
             TrainConfig(store="s", out="o", **bad)
+    with pytest.raises(SaeKitError, match="--out is empty"):
+        TrainConfig(store="s", out=" ")
 
 
 def test_optimizer_state_round_trips_through_safetensors_and_json():
@@ -250,7 +257,10 @@ def test_cli_trains_a_sweep_with_counts_and_lists(tiny_store, tmp_path, capsys):
                      "--norm-estimation-tokens", "1k", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr()
-    assert "lr                       5e-05  (default)" in printed.err  # every default is printed
+    assert "adam_beta1               0.9  (default)" in printed.err  # every setting is printed,
+    assert "lr                       0.002  (derived)" in printed.err  # the derived ones with their rule
+    assert "lr: 5e-5 · (24,414 / 8 steps)^0.715" in printed.err
+    assert "warning: 8 steps of 256 tokens is too short to train well" in printed.err
     assert printed.out.split() == [str(tmp_path / "cli" / "sae-l1_1"), str(tmp_path / "cli" / "sae-l1_5")]
     assert json.loads((tmp_path / "cli" / "sae-l1_1" / "config.json").read_text())["training"]["tokens"] == 2048
 
