@@ -1,17 +1,28 @@
 """SAELens on-disk format: export our SAEs so SAELens / Neuronpedia tooling opens them, and
-import SAELens SAEs (e.g. `gpt2-small-res-jb`, downloaded by the user) to analyse them here.
+import SAELens SAEs (e.g. `gpt2-small-res-jb`, Gemma Scope's JumpReLU SAEs saved by SAELens,
+downloaded by the user) to analyse them here.
 
 A SAELens SAE directory holds `cfg.json` and `sae_weights.safetensors` with W_enc [d_in, d_sae],
-b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in] — the same names and shapes as ours. Field
-names follow SAELens (sae_lens/saes/sae.py `SAEConfig` / `SAEMetadata` and
-loading/pretrained_sae_loaders.py `handle_pre_6_0_config`): we write the flat layout that every
-SAELens version reads (6.x converts it on load, since the file names no sae_lens_version):
+b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in] — the same names and shapes as ours — plus the
+architecture's own tensors (jumprelu: `threshold` [d_sae]; gated: `b_gate`, `b_mag`, `r_mag` and
+no b_enc). Field names follow SAELens (sae_lens/saes/sae.py `SAEConfig` / `SAEMetadata`, the
+per-architecture configs in sae_lens/saes/*.py, and loading/pretrained_sae_loaders.py
+`handle_pre_6_0_config`): we write the flat layout that every SAELens version reads (6.x converts
+it on load, since the file names no sae_lens_version):
 
-    architecture ("standard" | "topk"), d_in, d_sae, k (topk), dtype, device,
-    apply_b_dec_to_input, normalize_activations ("none": our input scale is folded in),
-    reshape_activations, activation_fn, activation_fn_kwargs, finetuning_scaling_factor,
-    model_name, hook_name, hook_layer, hook_head_index, prepend_bos, context_size,
-    dataset_path, model_from_pretrained_kwargs, neuronpedia_id, sae_lens_training_version
+    architecture, d_in, d_sae, dtype, device, apply_b_dec_to_input,
+    normalize_activations ("none": our input scale is folded in), reshape_activations,
+    activation_fn, activation_fn_kwargs, finetuning_scaling_factor, model_name, hook_name,
+    hook_layer, hook_head_index, prepend_bos, context_size, dataset_path,
+    model_from_pretrained_kwargs, neuronpedia_id, sae_lens_training_version,
+    + the architecture's fields (`saelens_fields()`: k, l0_coefficient, matryoshka_widths, …)
+
+This module never tests an architecture's name: each class says what it exports
+(`saelens_architecture`, `saelens_fields()`, `saelens_tensors()`) and what it reads
+(`from_saelens_config(raw)`, `load_saelens_tensors(state, raw)`); SAELens-wide options are folded
+here through the model's own geometry (`absorb_input_offset_`, `fold_input_scale_`).
+Like SAELens, a trained BatchTopK or Matryoshka SAE is exported as a JumpReLU SAE whose threshold
+is the estimated θ for every latent (so it imports back as 'jumprelu' and encodes identically).
 
 Hook names are translated between our aliases and TransformerLens names:
 resid.L <-> blocks.L.hook_resid_post, mlp.L <-> blocks.L.hook_mlp_out,
@@ -117,8 +128,7 @@ def export_saelens(model: Autoencoder | str | Path, out_dir: str | Path, *, mode
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {name: getattr(model, name).detach().to("cpu", torch.float32).contiguous()
-               for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in model.saelens_tensors().items()}
     atomic_save_tensors(out_dir / SAELENS_WEIGHTS, tensors)
     atomic_write_json(out_dir / SAELENS_CFG, saelens_cfg)
     return out_dir
@@ -126,11 +136,12 @@ def export_saelens(model: Autoencoder | str | Path, out_dir: str | Path, *, mode
 
 def import_saelens(path: str | Path, device: str | torch.device | None = None,
                    norm_scaling_factor: float | None = None) -> Autoencoder:
-    """Load a SAELens SAE directory (cfg.json + sae_weights.safetensors) as our model ('sae' or
-    'topk'), taking raw activations. Folded exactly: apply_b_dec_to_input = false
-    (b_enc ← b_enc + b_dec W_enc), a finetuning scaling factor s (W_dec ← diag(s) W_dec), and
-    normalize_activations = 'expected_average_only_in' when `norm_scaling_factor` is given
-    (SAELens keeps that factor outside the files)."""
+    """Load a SAELens SAE directory (cfg.json + sae_weights.safetensors) as our model, taking raw
+    activations. The first registered class whose `from_saelens_config` reads the cfg.json builds
+    it and `load_saelens_tensors` fills it. Folded exactly: apply_b_dec_to_input = false
+    (`absorb_input_offset_(b_dec)`: b_enc ← b_enc + b_dec W_enc), a finetuning scaling factor s
+    (W_dec ← diag(s) W_dec), and normalize_activations = 'expected_average_only_in' when
+    `norm_scaling_factor` is given (SAELens keeps that factor outside the files)."""
     path = Path(path)
     try:
         raw = json.loads((path / SAELENS_CFG).read_text())
@@ -157,23 +168,25 @@ def import_saelens(path: str | Path, device: str | torch.device | None = None,
     if not weights_file.is_file():
         raise SaeKitError(f"{path} has no {SAELENS_WEIGHTS}")
     state = {k_: v.float() for k_, v in load_file(str(weights_file)).items()}
-    missing = [n for n in ("W_enc", "b_enc", "W_dec", "b_dec") if n not in state]
-    if missing:
-        raise SaeKitError(f"{weights_file} lacks {', '.join(missing)}")
+    if "W_enc" not in state:
+        raise SaeKitError(f"{weights_file} lacks W_enc")
     d_in, d_sae = state["W_enc"].shape
     hook = from_transformerlens_hook(meta.get("hook_name") or meta.get("hook_point"))
-    cfg = AutoencoderConfig(arch=cls.arch, d_in=d_in, d_sae=d_sae, **arch_fields, decoder_norm="free", hook=hook,
+    cfg = AutoencoderConfig(arch=cls.arch, d_in=d_in, d_sae=d_sae, **{"decoder_norm": "free", **arch_fields}, hook=hook,
                             metadata={"source": "saelens", "path": str(path.resolve()), "saelens_cfg": raw})
     model = build_autoencoder(cfg)
+    try:
+        model.load_saelens_tensors(state, raw)
+    except SaeKitError as err:
+        raise SaeKitError(f"{weights_file}: {err}") from None
+    except RuntimeError as err:  # copy_ of a wrongly shaped tensor
+        raise SaeKitError(f"{weights_file}: a tensor has the wrong shape for d_in={d_in}, d_sae={d_sae} ({err})") from None
     with torch.no_grad():
-        W_enc, b_enc, W_dec, b_dec = state["W_enc"], state["b_enc"], state["W_dec"], state["b_dec"]
         if not raw.get("apply_b_dec_to_input", True):  # z = f(x W_enc + b_enc) = f((x − b_dec) W_enc + b_enc + b_dec W_enc)
-            b_enc = b_enc + b_dec @ W_enc
+            model.absorb_input_offset_(model.b_dec.detach().clone())
         scaling = state.get("finetuning_scaling_factor", state.get("scaling_factor"))
         if scaling is not None:
-            W_dec = scaling[:, None] * W_dec
-        for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
-            getattr(model, name).copy_(value)
+            model.W_dec.mul_(scaling[:, None])
         if normalize == "expected_average_only_in":
             model.fold_input_scale_(norm_scaling_factor)
     return model.to(device or "cpu").eval()

@@ -88,9 +88,13 @@ def test_import_folds_saelens_only_options_exactly(tmp_path):
 def test_unsupported_architectures_fail_clearly(tmp_path):
     with pytest.raises(SaeKitError, match="SAELens has no architecture for 'vae'"):
         export_saelens(trained_like("vae"), tmp_path / "v")
+    write_saelens(tmp_path / "t", {"architecture": "standard", "activation_fn": "tanh-relu", "d_in": 2, "d_sae": 2},
+                  {n: torch.zeros(2, 2) for n in ("W_enc", "W_dec")} | {n: torch.zeros(2) for n in ("b_enc", "b_dec")})
+    with pytest.raises(SaeKitError, match="'standard' \\(activation 'tanh-relu'\\) is not supported.*'jumprelu'"):
+        import_saelens(tmp_path / "t")
     write_saelens(tmp_path / "j", {"architecture": "jumprelu", "d_in": 2, "d_sae": 2},
                   {n: torch.zeros(2, 2) for n in ("W_enc", "W_dec")} | {n: torch.zeros(2) for n in ("b_enc", "b_dec")})
-    with pytest.raises(SaeKitError, match="'jumprelu'.*not supported"):
+    with pytest.raises(SaeKitError, match="lacks tensor 'threshold'"):
         import_saelens(tmp_path / "j")
     with pytest.raises(SaeKitError, match="not a SAELens SAE directory"):
         import_saelens(tmp_path)
