@@ -104,7 +104,7 @@ class BatchTopKSparseAutoencoder(Autoencoder):
 
     def jump(self, pre: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
         """pre · 1[pre > θ], and ReLU while θ is not estimated (θ < 0)."""
-        return pre * (pre > threshold.clamp_min(0))
+        return torch.where(pre > threshold.clamp_min(0), pre, 0.0)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """z [..., d_sae] for raw activations x [..., d_in]: pre · 1[pre > θ] (one token at a time)."""

@@ -55,7 +55,7 @@ class JumpReLUFunction(torch.autograd.Function):
     def forward(ctx, pre, threshold, bandwidth: float):
         ctx.save_for_backward(pre, threshold)
         ctx.bandwidth = bandwidth
-        return pre * (pre > threshold).to(pre.dtype)
+        return torch.where(pre > threshold, pre, 0.0)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -135,12 +135,12 @@ class JumpReLUSparseAutoencoder(Autoencoder):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """z [..., d_sae] = pre · H(pre − θ) for raw activations x [..., d_in]."""
         pre = self.pre_activation(x)
-        return pre * (pre > self.threshold)
+        return torch.where(pre > self.threshold, pre, 0.0)
 
     def subset_activation(self, u: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """pre · H(pre − θ[features]) with pre = u + b_enc[features]."""
         pre = u + self.b_enc[features]
-        return pre * (pre > self.threshold[features])
+        return torch.where(pre > self.threshold[features], pre, 0.0)
 
     def l0_coefficient(self, state: TrainingState) -> float:
         """λ at this step: the config's λ times the warm-up fraction."""
