@@ -35,16 +35,18 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from sae_kit.artifacts import atomic_save_tensors, atomic_write_json
-from sae_kit.autoencoders.base import Autoencoder
+from sae_kit.autoencoders.base import CONFIG_FILE, Autoencoder
 from sae_kit.autoencoders.config import AutoencoderConfig
 from sae_kit.autoencoders.registry import ARCHITECTURES, build_autoencoder
 from sae_kit.autoencoders.runs import RunInfo, load_autoencoder
+from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
 
 SAELENS_CFG = "cfg.json"
@@ -190,3 +192,64 @@ def import_saelens(path: str | Path, device: str | torch.device | None = None,
         if normalize == "expected_average_only_in":
             model.fold_input_scale_(norm_scaling_factor)
     return model.to(device or "cpu").eval()
+
+
+# ----------------------------------------------------------------------------- run directories (the CLI's library side)
+
+
+@dataclass(frozen=True)
+class SaelensExportConfig(JsonConfig):
+    """`sae-kit export saelens`: a trained run written as a SAELens SAE directory."""
+
+    config_name = "SAELens export config"
+
+    run: str
+    """The run directory to export (one model, not a sweep root)."""
+    out: str
+    """The SAELens directory to write (cfg.json + sae_weights.safetensors)."""
+    model_name: str | None = None
+    """SAELens' model_name (a TransformerLens name such as gpt2-small); None: what the run records."""
+    hook_name: str | None = None
+    """SAELens' hook_name (e.g. blocks.8.hook_resid_post); None: translated from the run's hook."""
+    context_size: int | None = None
+    """SAELens' context_size; None: the store's context length."""
+    dataset_path: str | None = None
+    """SAELens' dataset_path; None: empty."""
+
+
+@dataclass(frozen=True)
+class SaelensImportConfig(JsonConfig):
+    """`sae-kit import saelens`: a SAELens SAE directory written as an sae-kit run directory."""
+
+    config_name = "SAELens import config"
+
+    path: str
+    """The SAELens SAE directory (cfg.json + sae_weights.safetensors), e.g. downloaded from the hub."""
+    out: str
+    """The run directory to write (weights.safetensors + config.json)."""
+    norm_scaling_factor: float | None = None
+    """SAELens' activation scale for normalize_activations='expected_average_only_in' (kept outside its files)."""
+    overwrite: bool = False
+    """Replace a run already in --out."""
+
+
+def export_saelens_run(cfg: SaelensExportConfig) -> Path:
+    """Export the run `cfg.run` as SAELens files in `cfg.out`; returns cfg.out."""
+    return export_saelens(cfg.run, cfg.out, model_name=cfg.model_name, hook_name=cfg.hook_name,
+                          context_size=cfg.context_size, dataset_path=cfg.dataset_path)
+
+
+def write_imported_run(model: Autoencoder, out: str | Path, overwrite: bool, source: dict) -> Path:
+    """Save an imported model as a normal run directory (load_autoencoder, evaluate, analyze,
+    dashboard and steer open it; the store and language model are then given with --store/--model)."""
+    out = Path(out)
+    if (out / CONFIG_FILE).exists() and not overwrite:
+        raise SaeKitError(f"{out} already holds a run; choose another --out or pass --overwrite")
+    provenance = {**RunInfo.of(model).to_metadata(), **source}
+    return model.save(out, extra={"name": out.name, "provenance": provenance})
+
+
+def import_saelens_run(cfg: SaelensImportConfig) -> Path:
+    """Import the SAELens directory `cfg.path` as the run directory `cfg.out`; returns cfg.out."""
+    model = import_saelens(cfg.path, norm_scaling_factor=cfg.norm_scaling_factor)
+    return write_imported_run(model, cfg.out, cfg.overwrite, {"source": "saelens", "source_path": str(Path(cfg.path).resolve())})
