@@ -12,8 +12,10 @@ Which latents fire and how strongly are decided by two paths that share their we
 
 (sg: stop-gradient, the frozen decoder of the paper's auxiliary loss). The L1 penalty acts on
 the gate only, so the magnitudes are not shrunk; the auxiliary term gives the gate path a
-reconstruction gradient of its own, which the Heaviside 1[π_gate > 0] cannot pass. The L1 is
-weighted by decoder norms as in SAELens (so the decoder needs no constraint by default).
+reconstruction gradient of its own, which the Heaviside 1[π_gate > 0] cannot pass. Decoder
+columns are kept at unit norm by default, as in the paper; the L1 is weighted by decoder norms as
+in SAELens, so `--decoder-norm free` is also sound (on the synthetic benchmark it stays far denser
+at the same λ: L0 24 against 3.4, MMCS 0.82 against 0.99).
 
 Both paths follow from u, so the model is separable. Parameters: W_enc, W_dec, b_dec, and
 b_gate, b_mag, r_mag [d_sae] (SAELens' names; there is no b_enc: `b_enc` reads b_gate, so the
@@ -38,6 +40,7 @@ class GatedSparseAutoencoder(Autoencoder):
     display_name = "Gated sparse AE"
     sweep_field = "l1_coefficient"
     sweep_label = "l1"
+    default_decoder_norm = "unit"  # the paper's unit-norm decoder columns; the weighted L1 is then the plain L1
     decoder_norm_choice = True
     dead_latent_remedy = "resample"
     separable = True
