@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from sae_kit.autoencoders.registry import ARCHITECTURES
 from sae_kit.errors import SaeKitError
 from sae_kit.evaluation import metrics
 from sae_kit.training.loop import fit, make_slot
@@ -73,8 +74,9 @@ class SyntheticData:
                 yield x
 
 
-SPARSE_ARCHS = ("sae", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
-"""The sparse architectures the ground-truth check covers."""
+SPARSE_ARCHS = tuple(name for name, cls in ARCHITECTURES.items() if cls.sweep_field is not None)
+"""The sparse architectures (those with a sparsity to sweep) the ground-truth check covers:
+sae, topk, batchtopk, jumprelu, gated, matryoshka."""
 
 
 def arch_settings(arch: str, data_cfg: "SyntheticConfig") -> dict:
