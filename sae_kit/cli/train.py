@@ -12,7 +12,7 @@ from sae_kit.training import TrainConfig, train
 from sae_kit.training.checkpoint import find_checkpoint, load_checkpoint
 
 NAMES = {"archs": "arch", "l1_coefficients": "l1", "ks": "k", "dtype": "compute_dtype", "l0_coefficients": "l0_coefficient"}
-"""TrainConfig fields whose flag differs from the field name (--arch, --l1, --k, --compute-dtype)."""
+"""TrainConfig fields whose flag differs from the field name (--arch, --l1, --k, --compute-dtype, --l0-coefficient)."""
 
 EXAMPLES = """examples:
   sae-kit train --store runs/store --hook resid.8 --out runs/sae
