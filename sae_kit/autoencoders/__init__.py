@@ -12,15 +12,20 @@ and the methods
     save(run_dir)                                    weights.safetensors + config.json
 
 Modules: `base` (the shared core and the registry's contract), one module per family (`sae`,
-`topk`, `dense`, `vae`, `pca`), `fused` (the L1 SAE's hand-written backward), `losses`,
-`registry`, `config`, `runs` (RunInfo, load_autoencoder, sweeps) and `saelens` (interop).
+`topk`, `batchtopk`, `jumprelu`, `gated`, `matryoshka`, `dense`, `vae`, `pca`), `fused` (the L1
+SAE's hand-written backward), `losses`, `registry`, `config`, `runs` (RunInfo, load_autoencoder,
+sweeps), `saelens` and `sparsify` (interop).
 Saved models take raw activations: the trainer's input scale (E‖x‖ = √d_in) is folded into the
 weights before saving. This package imports no trainer, analysis or CLI code.
 """
 
 from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState
+from sae_kit.autoencoders.batchtopk import BatchTopKSparseAutoencoder
 from sae_kit.autoencoders.config import AutoencoderConfig
 from sae_kit.autoencoders.dense import DenoisingAutoencoder, DenseAutoencoder
+from sae_kit.autoencoders.gated import GatedSparseAutoencoder
+from sae_kit.autoencoders.jumprelu import JumpReLUSparseAutoencoder
+from sae_kit.autoencoders.matryoshka import MatryoshkaSparseAutoencoder
 from sae_kit.autoencoders.pca import PCA, CovarianceAccumulator
 from sae_kit.autoencoders.registry import ARCH_DESCRIPTIONS, ARCHITECTURES, ARCHS, architecture, build_autoencoder
 from sae_kit.autoencoders.runs import SWEEP_FILE, RunInfo, load_autoencoder, read_run_config, run_dirs
@@ -34,10 +39,14 @@ __all__ = [
     "ARCH_DESCRIPTIONS",
     "Autoencoder",
     "AutoencoderConfig",
+    "BatchTopKSparseAutoencoder",
     "CovarianceAccumulator",
     "DenoisingAutoencoder",
     "DenseAutoencoder",
     "ForwardOutput",
+    "GatedSparseAutoencoder",
+    "JumpReLUSparseAutoencoder",
+    "MatryoshkaSparseAutoencoder",
     "PCA",
     "RunInfo",
     "SWEEP_FILE",

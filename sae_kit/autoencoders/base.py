@@ -65,6 +65,13 @@ def affine(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).reshape(*x.shape[:-1], W.shape[-1])
 
 
+def need(state: dict, names) -> None:
+    """A one-line error naming the tensors a foreign weights file lacks."""
+    missing = [name for name in names if name not in state]
+    if missing:
+        raise SaeKitError(f"the weights file lacks tensor(s) {', '.join(missing)}")
+
+
 def check_arch(cls: type, cfg) -> None:
     """A model class takes only configs of its own architecture."""
     if cfg.arch != cls.arch:
@@ -136,6 +143,48 @@ class Autoencoder(nn.Module):
         class reads, or None if it does not read it (import tries the registry in order)."""
         return None
 
+    def saelens_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors of SAELens' sae_weights.safetensors for this model (export), by SAELens name."""
+        return {name: getattr(self, name) for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+
+    @torch.no_grad()
+    def load_saelens_tensors(self, state: dict[str, torch.Tensor], raw: dict) -> None:
+        """Copy SAELens tensors (by SAELens name, float32) into this freshly built model (import).
+
+        SAELens' TopK-family option `rescale_acts_by_decoder_norm` (activations computed as
+        pre·‖W_dec,i‖ and decoded with W_dec,i/‖W_dec,i‖) is folded exactly: W_enc[:, i] and b_enc,i
+        times ‖W_dec,i‖, W_dec,i divided by it. Subclasses load their extra tensors after this."""
+        need(state, ("W_enc", "b_enc", "W_dec", "b_dec"))
+        W_enc, b_enc, W_dec = state["W_enc"], state["b_enc"], state["W_dec"]
+        if raw.get("rescale_acts_by_decoder_norm"):
+            norms = W_dec.norm(dim=-1)
+            W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None].clamp_min(1e-12)
+        for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", state["b_dec"])):
+            getattr(self, name).copy_(value)
+
+    @torch.no_grad()
+    def absorb_input_offset_(self, offset: torch.Tensor) -> None:
+        """Afterwards encode(x) equals the old encode(x + offset): b_enc ← b_enc + offset·W_enc.
+
+        Imports SAELens' `apply_b_dec_to_input: false` (z = f(x W_enc + b_enc), with offset = b_dec).
+        Models with several encoder biases shift each (gated)."""
+        self.b_enc.add_(offset @ self.W_enc)
+
+    @classmethod
+    def from_sparsify_config(cls, raw: dict) -> dict | None:
+        """AutoencoderConfig fields for an EleutherAI sparsify cfg.json this class reads, or None."""
+        return None
+
+    @torch.no_grad()
+    def load_sparsify_tensors(self, state: dict[str, torch.Tensor], raw: dict) -> None:
+        """Copy sparsify's tensors (encoder.weight [d_sae, d_in], encoder.bias, W_dec [d_sae, d_in],
+        b_dec) into this freshly built model."""
+        need(state, ("encoder.weight", "encoder.bias", "W_dec", "b_dec"))
+        self.W_enc.copy_(state["encoder.weight"].T)
+        self.b_enc.copy_(state["encoder.bias"])
+        self.W_dec.copy_(state["W_dec"])
+        self.b_dec.copy_(state["b_dec"])
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """April 2024 init: decoder columns in random directions with norm `init_decoder_norm`
@@ -173,6 +222,15 @@ class Autoencoder(nn.Module):
     def schedule_metrics(self, state: TrainingState) -> dict[str, float]:
         """Scheduled coefficients worth logging at this step (e.g. the warmed-up λ)."""
         return {}
+
+    def optimizer_groups(self) -> list[dict]:
+        """Parameter groups for the trainer's Adam; a group's "lr_scale" multiplies the scheduled lr."""
+        return [{"params": list(self.parameters())}]
+
+    def wants_dead_mask(self) -> bool:
+        """Whether the training loss reads TrainingState.dead_mask (AuxK; JumpReLU's pre-activation
+        penalty): the trainer then passes the dead-latent tracker's mask every step."""
+        return self.dead_latent_remedy == "auxk"
 
     # -- encoding a chosen subset of latents (steering, example windows) ------------------------
 

@@ -51,14 +51,41 @@ class AutoencoderConfig(JsonConfig):
     """The hook point the model was trained on (module name or alias), if known."""
     metadata: dict = field(default_factory=dict)
     """Provenance (store path, LM spec, input scale folded in, …): JSON-serialisable, free-form."""
+    l0_coefficient: float = 1.0
+    """λ of the jumprelu L0 penalty λ Σ_i H(pre_i − θ_i) (or of its tanh surrogate); warmed up like
+    the L1 λ. 1 at E‖x‖ = √d_in, SAELens' default (Rajamanoharan et al. 2024, "Jumping Ahead")."""
+    jumprelu_bandwidth: float = 0.001
+    """Bandwidth ε of the rectangle kernel in the jumprelu straight-through estimators (Gemma Scope: 0.001)."""
+    jumprelu_init_threshold: float = 0.001
+    """Initial per-latent threshold θ of jumprelu (Gemma Scope: 0.001); stored as log θ."""
+    jumprelu_sparsity: Literal["step", "tanh"] = "step"
+    """jumprelu penalty: 'step' = λ Σ_i H(pre_i − θ_i) (Gemma Scope's L0); 'tanh' = λ Σ_i tanh(c·z_i‖W_dec,i‖)
+    (Anthropic's 2025 update; SAELens' jumprelu_sparsity_loss_mode='tanh')."""
+    tanh_scale: float = 4.0
+    """c of the tanh penalty (SAELens' jumprelu_tanh_scale default)."""
+    pre_act_loss_coefficient: float = 0.0
+    """Weight of Anthropic's 2025 pre-activation penalty Σ_i ReLU(θ_i − pre_i)‖W_dec,i‖ on dead latents
+    (jumprelu; 3e-6 in Anthropic's setup, 0 turns it off)."""
+    jumprelu_threshold_lr_scale: float = 1.0
+    """jumprelu: the learning rate of log θ is the trainer's lr times this. Adam moves log θ by about
+    lr per step, so from θ = 0.001 the thresholds need ~ln(θ_final/0.001)/lr steps: 1 (Gemma Scope,
+    which trains ~10^5 steps) or more for short runs."""
+    topk_threshold_lr: float = 0.01
+    """batchtopk / matryoshka: rate r of the running threshold θ ← (1 − r)·θ + r·(smallest kept
+    activation of the batch), which replaces the batch selection at inference (SAELens' name and default)."""
+    matryoshka_prefixes: tuple[int, ...] | None = None
+    """matryoshka: nested prefix sizes m_1 < … < m_n (d_sae is appended when the last is smaller);
+    None means d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae (Bussmann et al. 2025)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         cls = architecture(self.arch)
         if self.d_in < 1 or self.d_sae < 1:
             raise SaeKitError(f"d_in and d_sae must be positive (got d_in={self.d_in}, d_sae={self.d_sae})")
-        if self.l1_coefficient < 0 or self.beta < 0 or self.auxk_coefficient < 0:
-            raise SaeKitError("l1_coefficient, beta and auxk_coefficient must be non-negative")
+        if min(self.l1_coefficient, self.beta, self.auxk_coefficient, self.l0_coefficient,
+               self.pre_act_loss_coefficient) < 0:
+            raise SaeKitError("l1_coefficient, l0_coefficient, beta, auxk_coefficient and pre_act_loss_coefficient "
+                              "must be non-negative")
         if self.corruption not in ("gaussian", "dropout"):
             raise SaeKitError(f"corruption must be 'gaussian' or 'dropout' (got {self.corruption!r})")
         if self.corruption == "dropout" and not 0 <= self.corruption_level < 1:

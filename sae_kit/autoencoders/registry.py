@@ -11,7 +11,11 @@ README's "Contributing an architecture" walks through it). The order here is the
 from __future__ import annotations
 
 from sae_kit.autoencoders.base import Autoencoder
+from sae_kit.autoencoders.batchtopk import BatchTopKSparseAutoencoder
 from sae_kit.autoencoders.dense import DenoisingAutoencoder, DenseAutoencoder
+from sae_kit.autoencoders.gated import GatedSparseAutoencoder
+from sae_kit.autoencoders.jumprelu import JumpReLUSparseAutoencoder
+from sae_kit.autoencoders.matryoshka import MatryoshkaSparseAutoencoder
 from sae_kit.autoencoders.pca import PCA
 from sae_kit.autoencoders.sae import SparseAutoencoder
 from sae_kit.autoencoders.topk import TopKSparseAutoencoder
@@ -21,6 +25,10 @@ from sae_kit.errors import SaeKitError
 ARCHITECTURES: dict[str, type[Autoencoder]] = {cls.arch: cls for cls in (
     SparseAutoencoder,
     TopKSparseAutoencoder,
+    BatchTopKSparseAutoencoder,
+    JumpReLUSparseAutoencoder,
+    GatedSparseAutoencoder,
+    MatryoshkaSparseAutoencoder,
     DenseAutoencoder,
     DenoisingAutoencoder,
     VariationalAutoencoder,

@@ -1,17 +1,28 @@
 """SAELens on-disk format: export our SAEs so SAELens / Neuronpedia tooling opens them, and
-import SAELens SAEs (e.g. `gpt2-small-res-jb`, downloaded by the user) to analyse them here.
+import SAELens SAEs (e.g. `gpt2-small-res-jb`, Gemma Scope's JumpReLU SAEs saved by SAELens,
+downloaded by the user) to analyse them here.
 
 A SAELens SAE directory holds `cfg.json` and `sae_weights.safetensors` with W_enc [d_in, d_sae],
-b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in] — the same names and shapes as ours. Field
-names follow SAELens (sae_lens/saes/sae.py `SAEConfig` / `SAEMetadata` and
-loading/pretrained_sae_loaders.py `handle_pre_6_0_config`): we write the flat layout that every
-SAELens version reads (6.x converts it on load, since the file names no sae_lens_version):
+b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in] — the same names and shapes as ours — plus the
+architecture's own tensors (jumprelu: `threshold` [d_sae]; gated: `b_gate`, `b_mag`, `r_mag` and
+no b_enc). Field names follow SAELens (sae_lens/saes/sae.py `SAEConfig` / `SAEMetadata`, the
+per-architecture configs in sae_lens/saes/*.py, and loading/pretrained_sae_loaders.py
+`handle_pre_6_0_config`): we write the flat layout that every SAELens version reads (6.x converts
+it on load, since the file names no sae_lens_version):
 
-    architecture ("standard" | "topk"), d_in, d_sae, k (topk), dtype, device,
-    apply_b_dec_to_input, normalize_activations ("none": our input scale is folded in),
-    reshape_activations, activation_fn, activation_fn_kwargs, finetuning_scaling_factor,
-    model_name, hook_name, hook_layer, hook_head_index, prepend_bos, context_size,
-    dataset_path, model_from_pretrained_kwargs, neuronpedia_id, sae_lens_training_version
+    architecture, d_in, d_sae, dtype, device, apply_b_dec_to_input,
+    normalize_activations ("none": our input scale is folded in), reshape_activations,
+    activation_fn, activation_fn_kwargs, finetuning_scaling_factor, model_name, hook_name,
+    hook_layer, hook_head_index, prepend_bos, context_size, dataset_path,
+    model_from_pretrained_kwargs, neuronpedia_id, sae_lens_training_version,
+    + the architecture's fields (`saelens_fields()`: k, l0_coefficient, matryoshka_widths, …)
+
+This module never tests an architecture's name: each class says what it exports
+(`saelens_architecture`, `saelens_fields()`, `saelens_tensors()`) and what it reads
+(`from_saelens_config(raw)`, `load_saelens_tensors(state, raw)`); SAELens-wide options are folded
+here through the model's own geometry (`absorb_input_offset_`, `fold_input_scale_`).
+Like SAELens, a trained BatchTopK or Matryoshka SAE is exported as a JumpReLU SAE whose threshold
+is the estimated θ for every latent (so it imports back as 'jumprelu' and encodes identically).
 
 Hook names are translated between our aliases and TransformerLens names:
 resid.L <-> blocks.L.hook_resid_post, mlp.L <-> blocks.L.hook_mlp_out,
@@ -24,16 +35,18 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from sae_kit.artifacts import atomic_save_tensors, atomic_write_json
-from sae_kit.autoencoders.base import Autoencoder
+from sae_kit.autoencoders.base import CONFIG_FILE, Autoencoder
 from sae_kit.autoencoders.config import AutoencoderConfig
 from sae_kit.autoencoders.registry import ARCHITECTURES, build_autoencoder
 from sae_kit.autoencoders.runs import RunInfo, load_autoencoder
+from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
 
 SAELENS_CFG = "cfg.json"
@@ -117,8 +130,7 @@ def export_saelens(model: Autoencoder | str | Path, out_dir: str | Path, *, mode
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {name: getattr(model, name).detach().to("cpu", torch.float32).contiguous()
-               for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in model.saelens_tensors().items()}
     atomic_save_tensors(out_dir / SAELENS_WEIGHTS, tensors)
     atomic_write_json(out_dir / SAELENS_CFG, saelens_cfg)
     return out_dir
@@ -126,11 +138,12 @@ def export_saelens(model: Autoencoder | str | Path, out_dir: str | Path, *, mode
 
 def import_saelens(path: str | Path, device: str | torch.device | None = None,
                    norm_scaling_factor: float | None = None) -> Autoencoder:
-    """Load a SAELens SAE directory (cfg.json + sae_weights.safetensors) as our model ('sae' or
-    'topk'), taking raw activations. Folded exactly: apply_b_dec_to_input = false
-    (b_enc ← b_enc + b_dec W_enc), a finetuning scaling factor s (W_dec ← diag(s) W_dec), and
-    normalize_activations = 'expected_average_only_in' when `norm_scaling_factor` is given
-    (SAELens keeps that factor outside the files)."""
+    """Load a SAELens SAE directory (cfg.json + sae_weights.safetensors) as our model, taking raw
+    activations. The first registered class whose `from_saelens_config` reads the cfg.json builds
+    it and `load_saelens_tensors` fills it. Folded exactly: apply_b_dec_to_input = false
+    (`absorb_input_offset_(b_dec)`: b_enc ← b_enc + b_dec W_enc), a finetuning scaling factor s
+    (W_dec ← diag(s) W_dec), and normalize_activations = 'expected_average_only_in' when
+    `norm_scaling_factor` is given (SAELens keeps that factor outside the files)."""
     path = Path(path)
     try:
         raw = json.loads((path / SAELENS_CFG).read_text())
@@ -157,23 +170,86 @@ def import_saelens(path: str | Path, device: str | torch.device | None = None,
     if not weights_file.is_file():
         raise SaeKitError(f"{path} has no {SAELENS_WEIGHTS}")
     state = {k_: v.float() for k_, v in load_file(str(weights_file)).items()}
-    missing = [n for n in ("W_enc", "b_enc", "W_dec", "b_dec") if n not in state]
-    if missing:
-        raise SaeKitError(f"{weights_file} lacks {', '.join(missing)}")
+    if "W_enc" not in state:
+        raise SaeKitError(f"{weights_file} lacks W_enc")
     d_in, d_sae = state["W_enc"].shape
     hook = from_transformerlens_hook(meta.get("hook_name") or meta.get("hook_point"))
-    cfg = AutoencoderConfig(arch=cls.arch, d_in=d_in, d_sae=d_sae, **arch_fields, decoder_norm="free", hook=hook,
+    cfg = AutoencoderConfig(arch=cls.arch, d_in=d_in, d_sae=d_sae, **{"decoder_norm": "free", **arch_fields}, hook=hook,
                             metadata={"source": "saelens", "path": str(path.resolve()), "saelens_cfg": raw})
     model = build_autoencoder(cfg)
+    try:
+        model.load_saelens_tensors(state, raw)
+    except SaeKitError as err:
+        raise SaeKitError(f"{weights_file}: {err}") from None
+    except RuntimeError as err:  # copy_ of a wrongly shaped tensor
+        raise SaeKitError(f"{weights_file}: a tensor has the wrong shape for d_in={d_in}, d_sae={d_sae} ({err})") from None
     with torch.no_grad():
-        W_enc, b_enc, W_dec, b_dec = state["W_enc"], state["b_enc"], state["W_dec"], state["b_dec"]
         if not raw.get("apply_b_dec_to_input", True):  # z = f(x W_enc + b_enc) = f((x − b_dec) W_enc + b_enc + b_dec W_enc)
-            b_enc = b_enc + b_dec @ W_enc
+            model.absorb_input_offset_(model.b_dec.detach().clone())
         scaling = state.get("finetuning_scaling_factor", state.get("scaling_factor"))
         if scaling is not None:
-            W_dec = scaling[:, None] * W_dec
-        for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
-            getattr(model, name).copy_(value)
+            model.W_dec.mul_(scaling[:, None])
         if normalize == "expected_average_only_in":
             model.fold_input_scale_(norm_scaling_factor)
     return model.to(device or "cpu").eval()
+
+
+# ----------------------------------------------------------------------------- run directories (the CLI's library side)
+
+
+@dataclass(frozen=True)
+class SaelensExportConfig(JsonConfig):
+    """`sae-kit export saelens`: a trained run written as a SAELens SAE directory."""
+
+    config_name = "SAELens export config"
+
+    run: str
+    """The run directory to export (one model, not a sweep root)."""
+    out: str
+    """The SAELens directory to write (cfg.json + sae_weights.safetensors)."""
+    model_name: str | None = None
+    """SAELens' model_name (a TransformerLens name such as gpt2-small); None: what the run records."""
+    hook_name: str | None = None
+    """SAELens' hook_name (e.g. blocks.8.hook_resid_post); None: translated from the run's hook."""
+    context_size: int | None = None
+    """SAELens' context_size; None: the store's context length."""
+    dataset_path: str | None = None
+    """SAELens' dataset_path; None: empty."""
+
+
+@dataclass(frozen=True)
+class SaelensImportConfig(JsonConfig):
+    """`sae-kit import saelens`: a SAELens SAE directory written as an sae-kit run directory."""
+
+    config_name = "SAELens import config"
+
+    path: str
+    """The SAELens SAE directory (cfg.json + sae_weights.safetensors), e.g. downloaded from the hub."""
+    out: str
+    """The run directory to write (weights.safetensors + config.json)."""
+    norm_scaling_factor: float | None = None
+    """SAELens' activation scale for normalize_activations='expected_average_only_in' (kept outside its files)."""
+    overwrite: bool = False
+    """Replace a run already in --out."""
+
+
+def export_saelens_run(cfg: SaelensExportConfig) -> Path:
+    """Export the run `cfg.run` as SAELens files in `cfg.out`; returns cfg.out."""
+    return export_saelens(cfg.run, cfg.out, model_name=cfg.model_name, hook_name=cfg.hook_name,
+                          context_size=cfg.context_size, dataset_path=cfg.dataset_path)
+
+
+def write_imported_run(model: Autoencoder, out: str | Path, overwrite: bool, source: dict) -> Path:
+    """Save an imported model as a normal run directory (load_autoencoder, evaluate, analyze,
+    dashboard and steer open it; the store and language model are then given with --store/--model)."""
+    out = Path(out)
+    if (out / CONFIG_FILE).exists() and not overwrite:
+        raise SaeKitError(f"{out} already holds a run; choose another --out or pass --overwrite")
+    provenance = {**RunInfo.of(model).to_metadata(), **source}
+    return model.save(out, extra={"name": out.name, "provenance": provenance})
+
+
+def import_saelens_run(cfg: SaelensImportConfig) -> Path:
+    """Import the SAELens directory `cfg.path` as the run directory `cfg.out`; returns cfg.out."""
+    model = import_saelens(cfg.path, norm_scaling_factor=cfg.norm_scaling_factor)
+    return write_imported_run(model, cfg.out, cfg.overwrite, {"source": "saelens", "source_path": str(Path(cfg.path).resolve())})

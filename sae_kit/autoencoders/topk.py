@@ -51,6 +51,14 @@ class TopKSparseAutoencoder(Autoencoder):
             raise SaeKitError("the SAELens cfg.json of a TopK SAE names no k")
         return {"k": int(k)}
 
+    @classmethod
+    def from_sparsify_config(cls, raw: dict) -> dict | None:
+        """EleutherAI sparsify's TopK SAE (activation 'topk', no transcoding, no skip): the same function."""
+        if raw.get("activation", "topk") != "topk" or raw.get("transcode") or raw.get("skip_connection") \
+                or raw.get("signed"):
+            return None
+        return {"k": int(raw["k"])}
+
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         """ReLU of the k largest pre-activations scattered into zeros: [..., d_sae] -> [..., d_sae]."""
         values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)

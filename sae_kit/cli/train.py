@@ -11,17 +11,19 @@ from sae_kit.errors import SaeKitError
 from sae_kit.training import TrainConfig, train
 from sae_kit.training.checkpoint import find_checkpoint, load_checkpoint
 
-NAMES = {"archs": "arch", "l1_coefficients": "l1", "ks": "k", "dtype": "compute_dtype"}
-"""TrainConfig fields whose flag differs from the field name (--arch, --l1, --k, --compute-dtype)."""
+NAMES = {"archs": "arch", "l1_coefficients": "l1", "ks": "k", "dtype": "compute_dtype", "l0_coefficients": "l0_coefficient"}
+"""TrainConfig fields whose flag differs from the field name (--arch, --l1, --k, --compute-dtype, --l0-coefficient)."""
 
 EXAMPLES = """examples:
   sae-kit train --store runs/store --hook resid.8 --out runs/sae
   sae-kit train --store runs/store --out runs/sweep --l1 1,2,5,10 --tokens 2M
   sae-kit train --store runs/store --out runs/all --arch sae,topk,ae,dae,vae,pca --k 32
+  sae-kit train --store runs/store --out runs/archs --arch batchtopk,jumprelu,gated,matryoshka --k 32 \
+      --l0-coefficient 1 --l1 2 --matryoshka-prefixes 128,512,2048
   sae-kit train --out runs/sae --resume
 
 architectures:
-""" + "\n".join(f"  {name:<6} {text}" for name, text in ARCH_DESCRIPTIONS.items()) + "\n"
+""" + "\n".join(f"  {name:<10} {text}" for name, text in ARCH_DESCRIPTIONS.items()) + "\n"
 
 
 def register(subparsers) -> None:

@@ -77,7 +77,7 @@ def make_slot(spec: ModelSpec, cfg: TrainConfig, device: torch.device, window_st
         with torch.no_grad():
             model.b_dec.copy_(torch.tensor(origin) * stats.scale)
     model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    optimizer = torch.optim.Adam(model.optimizer_groups(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
     tracker = DeadLatentTracker(spec.cfg.d_sae, window_steps, device=device) if model.latents_fire else None
     return Slot(spec, model, optimizer, tracker, first_bad_step=torch.tensor(-1, device=device))
 
@@ -160,8 +160,8 @@ def train_step(slot: Slot, x: torch.Tensor, state: TrainingState, lr: float, max
         slot.covariance.update(x)
         return None, None
     for group in slot.optimizer.param_groups:
-        group["lr"] = lr
-    if slot.model.dead_latent_remedy == "auxk" and slot.tracker is not None:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    if slot.tracker is not None and slot.model.wants_dead_mask():
         state = dataclasses.replace(state, dead_mask=slot.tracker.dead_mask(state.step))
     with autocast:
         out = slot.model.training_loss(x, state)

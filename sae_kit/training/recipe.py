@@ -38,7 +38,8 @@ class TrainConfig(JsonConfig):
     hook: str | None = None
     """Hook to train on (module name or the alias it was harvested as); optional if the store has one."""
     archs: tuple[str, ...] = ("sae",)
-    """Models to train on the same batches, by registry name: sae | topk | ae | dae | vae | pca."""
+    """Models to train on the same batches, by registry name: sae | topk | batchtopk | jumprelu | gated |
+    matryoshka | ae | dae | vae | pca."""
     l1_coefficients: tuple[float, ...] = (5.0,)
     """λ for arch sae; several values train one SAE each (a sparsity sweep in one pass)."""
     ks: tuple[int, ...] = (32,)
@@ -100,6 +101,24 @@ class TrainConfig(JsonConfig):
     """Steps between metrics.jsonl lines (metrics cost a few passes over the latents)."""
     checkpoint_every_tokens: int | None = 20_000_000
     """Tokens between checkpoints (weights, optimizer, step, RNG, reader position); None: off."""
+    l0_coefficients: tuple[float, ...] = (1.0,)
+    """λ of the L0 penalty for arch jumprelu; several values train one JumpReLU SAE each."""
+    jumprelu_sparsity: Literal["step", "tanh"] = "step"
+    """jumprelu penalty: 'step' (Gemma Scope's L0) or 'tanh' (Anthropic's 2025 update)."""
+    jumprelu_bandwidth: float = 0.001
+    """Bandwidth ε of jumprelu's straight-through estimators (Gemma Scope: 0.001)."""
+    jumprelu_init_threshold: float = 0.001
+    """Initial threshold θ of every jumprelu latent (Gemma Scope: 0.001)."""
+    tanh_scale: float = 4.0
+    """c in jumprelu's tanh penalty λ Σ tanh(c·z‖W_dec‖)."""
+    pre_act_loss_coefficient: float = 0.0
+    """Weight of Anthropic's 2025 penalty on dead jumprelu latents' pre-activations (3e-6 in their setup; 0: off)."""
+    jumprelu_threshold_lr_scale: float = 1.0
+    """The lr of jumprelu's log θ is --lr times this (1: Gemma Scope; larger helps short runs)."""
+    topk_threshold_lr: float = 0.01
+    """Rate of the running inference threshold of batchtopk and matryoshka (SAELens' default)."""
+    matryoshka_prefixes: tuple[int, ...] | None = None
+    """Nested prefix sizes of matryoshka, e.g. 128,512,2048 (d_sae appended); None: d_sae/16 … d_sae."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -123,6 +142,8 @@ class TrainConfig(JsonConfig):
             raise SaeKitError("--l1 takes one or more non-negative values, e.g. --l1 1,2,5,10")
         if not self.ks or any(k < 1 for k in self.ks):
             raise SaeKitError("--k takes one or more positive integers, e.g. --k 32,64")
+        if not self.l0_coefficients or any(v < 0 for v in self.l0_coefficients):
+            raise SaeKitError("--l0-coefficient takes one or more non-negative values, e.g. --l0-coefficient 0.5,1,2")
         if self.lr is not None and self.lr <= 0:
             raise SaeKitError(f"--lr must be positive (got {self.lr})")
         for name in ("lr_warmup_fraction", "lr_decay_fraction", "l1_warmup_fraction"):
@@ -275,8 +296,12 @@ class ModelSpec:
     """The model's config."""
 
 
-SWEEP_VALUES = {"l1_coefficient": "l1_coefficients", "k": "ks"}
+SWEEP_VALUES = {"l1_coefficient": "l1_coefficients", "k": "ks", "l0_coefficient": "l0_coefficients"}
 """AutoencoderConfig field an architecture sweeps (its `sweep_field`) -> the TrainConfig field listing the values."""
+
+ARCH_OPTIONS = ("jumprelu_sparsity", "jumprelu_bandwidth", "jumprelu_init_threshold", "tanh_scale",
+                "pre_act_loss_coefficient", "jumprelu_threshold_lr_scale", "topk_threshold_lr", "matryoshka_prefixes")
+"""TrainConfig fields passed unchanged to the AutoencoderConfig of every model (each arch reads its own)."""
 
 
 def _fmt(value: float) -> str:
@@ -292,6 +317,7 @@ def model_specs(cfg: TrainConfig, d_in: int, hook: str | None = None, metadata: 
               "components": cfg.pca_components or cfg.ks[0]}
     common = dict(d_in=d_in, hook=hook, metadata=dict(metadata or {}), auxk_coefficient=cfg.auxk_coefficient,
                   corruption=cfg.corruption, corruption_level=cfg.corruption_level, beta=cfg.beta)
+    common.update({name: getattr(cfg, name) for name in ARCH_OPTIONS})
     specs: list[ModelSpec] = []
     for arch in cfg.archs:
         cls = architecture(arch)

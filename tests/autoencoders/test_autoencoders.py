@@ -128,7 +128,12 @@ def test_config_json_round_trip_and_validation():
         (dict(arch="topk", d_in=8, d_sae=32), "needs k"),
         (dict(arch="topk", d_in=8, d_sae=32, k=33), "k must be between"),
         (dict(arch="pca", d_in=8, d_sae=9), "at most d_in"),
-        (dict(arch="gated", d_in=8, d_sae=9), "unknown architecture"),
+        (dict(arch="gatd", d_in=8, d_sae=9), "unknown architecture"),
+        (dict(arch="batchtopk", d_in=8, d_sae=32), "needs k"),
+        (dict(arch="matryoshka", d_in=8, d_sae=32, k=4, matryoshka_prefixes=(8, 4)), "increase strictly"),
+        (dict(arch="matryoshka", d_in=8, d_sae=32, k=4, matryoshka_prefixes=(8, 64)), "at most d_sae"),
+        (dict(arch="jumprelu", d_in=8, d_sae=32, jumprelu_bandwidth=0.0), "must be positive"),
+        (dict(arch="jumprelu", d_in=8, d_sae=32, l0_coefficient=-1.0), "non-negative"),
         (dict(arch="sae", d_in=8, d_sae=9, metadata={"x": object()}), "JSON-serialisable"),
     ):
         with pytest.raises(SaeKitError, match=message):

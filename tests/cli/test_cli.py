@@ -16,6 +16,8 @@ import pytest
 
 from sae_kit.analysis import AnalysisConfig
 from sae_kit.analysis.prompt_view import PromptViewConfig
+from sae_kit.autoencoders.saelens import SaelensExportConfig, SaelensImportConfig
+from sae_kit.autoencoders.sparsify import SparsifyImportConfig
 from sae_kit.cli import COMMANDS, build_parser, main
 from sae_kit.config import command_line, config_from_args, given_values
 from sae_kit.dashboard import SiteOptions
@@ -30,7 +32,7 @@ from sae_kit.training import TrainConfig
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "sae_kit"
 EXPECTED_COMMANDS = {"hooks", "harvest", "verify", "train", "evaluate", "analyze", "features", "dashboard", "steer",
-                     "demo"}
+                     "demo", "export", "import"}
 CONFIGS = {  # command -> the config dataclasses whose every flag-able field must be a flag
     "harvest": (HarvestConfig, CorpusSpec), "train": (TrainConfig,), "evaluate": (EvalConfig,),
     "analyze": (AnalysisConfig,), "features": (PromptViewConfig,), "dashboard": (SiteOptions,),
@@ -73,6 +75,19 @@ def test_every_config_field_is_a_flag_with_the_dataclass_default(command):
             assert action.default is None  # "not given": the dataclass holds the one default
             if f.default is not dataclasses.MISSING and f.default is not None and action.required is False:
                 assert repr(f.default).replace("%", "%%") in action.help, (f.name, action.help)
+
+
+FORMAT_CONFIGS = {("export", "saelens"): SaelensExportConfig, ("import", "saelens"): SaelensImportConfig,
+                  ("import", "sparsify"): SparsifyImportConfig}
+
+
+@pytest.mark.parametrize("command, fmt", sorted(FORMAT_CONFIGS))
+def test_every_format_subcommand_field_is_a_flag(command, fmt):
+    action = next(a for a in subcommands()[command]._actions if a.dest == "format")
+    parser = action.choices[fmt]
+    dests = {a.dest: a for a in parser._actions if a.help != argparse.SUPPRESS}
+    for f in dataclasses.fields(FORMAT_CONFIGS[command, fmt]):
+        assert f.name in dests and dests[f.name].default is None, (command, fmt, f.name)
 
 
 def test_flags_map_one_to_one_onto_the_config():

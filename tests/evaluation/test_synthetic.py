@@ -1,12 +1,14 @@
-"""Ground truth: on data in superposition with a known dictionary, the SAE recovers the features
-(MMCS ≥ 0.9) and PCA and the dense autoencoder do not."""
+"""Ground truth: on data in superposition with a known dictionary, every sparse architecture (L1,
+TopK, BatchTopK, JumpReLU, Gated, Matryoshka) recovers the features (MMCS ≥ 0.95) and PCA and the
+dense autoencoder do not."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sae_kit.evaluation.synthetic import SyntheticConfig, SyntheticData, format_results, mmcs, run_benchmark
+from sae_kit.evaluation.synthetic import (SPARSE_ARCHS, SyntheticConfig, SyntheticData, format_results, mmcs,
+                                          run_benchmark)
 
 
 def test_mmcs_by_hand():
@@ -32,12 +34,16 @@ def test_synthetic_data_is_sparse_superposition_of_the_dictionary():
     assert torch.equal(next(data.batches(64, seed=3, skip_batches=1)), second)  # resumable
 
 
-def test_sae_recovers_the_true_features_and_the_baselines_do_not():
+def test_every_sparse_architecture_recovers_the_true_features_and_the_baselines_do_not():
     threads = torch.get_num_threads()
-    results = run_benchmark(archs=("sae", "topk", "ae", "pca"))
+    results = run_benchmark(archs=SPARSE_ARCHS + ("ae", "pca"))
     assert torch.get_num_threads() == threads  # restored
     print(format_results(results, SyntheticConfig()))
-    sae, topk, ae, pca = (results[name]["mmcs"] for name in ("sae-l1_1", "topk-k_3", "ae", "pca"))
-    assert sae >= 0.9 and topk >= 0.9
-    assert ae <= sae - 0.08 and pca <= 0.6
-    assert results["sae-l1_1"]["l0"] < 8 and results["ae"]["l0"] > 30  # sparse vs dense codes
+    by_arch = {r["arch"]: r for r in results.values()}
+    assert set(by_arch) == set(SPARSE_ARCHS) | {"ae", "pca"}
+    for arch in SPARSE_ARCHS:
+        assert by_arch[arch]["mmcs"] >= 0.95, (arch, by_arch[arch])
+        assert by_arch[arch]["l0"] < 8, (arch, by_arch[arch])  # sparse codes
+    assert by_arch["ae"]["mmcs"] <= by_arch["sae"]["mmcs"] - 0.08 and by_arch["pca"]["mmcs"] <= 0.6
+    assert by_arch["ae"]["l0"] > 30  # a dense code
+    assert "matryoshka-k_3" in results and results["matryoshka-k_3"]["d_sae"] == 128  # arch_settings apply

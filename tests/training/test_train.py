@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from sae_kit.autoencoders import AutoencoderConfig, build_autoencoder, load_autoencoder
+from sae_kit.autoencoders import ARCHS, AutoencoderConfig, build_autoencoder, load_autoencoder
 from sae_kit.cli import main as cli_main
 from sae_kit.errors import SaeKitError
 from sae_kit.harvest import ActivationStore
@@ -246,7 +246,8 @@ def test_resampling_option_runs_in_training(tiny_store, tmp_path):
 def test_cli_errors_are_one_line(tiny_store, tmp_path, capsys):
     assert cli_main(["train", "--store", str(tiny_store), "--out", str(tmp_path / "x"), "--arch", "gru"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "sae-kit train: error: unknown --arch 'gru'; choose from sae, topk, ae, dae, vae, pca"
+    assert err[-1] == f"sae-kit train: error: unknown --arch 'gru'; choose from {', '.join(ARCHS)}"
+    assert ", ".join(ARCHS).startswith("sae, topk, batchtopk, jumprelu, gated, matryoshka, ae")
     assert cli_main(["train", "--out", str(tmp_path / "y"), "--resume"]) == 1
     assert "holds no checkpoint" in capsys.readouterr().err
 
