@@ -67,8 +67,9 @@ PAGES = ("index.html", "feature.html", "map.html", "prompts.html")
 ASSETS = ("site.css", "site.js", "index.js", "feature.js", "map.js", "prompts.js")
 INDEX_ROWS = 65_536
 """Index rows per data/index-NNN.js file."""
-CHUNK = 512
-"""Features whose windows are computed at once (memory: about 40 kB per feature)."""
+CHUNK = 1024
+"""Features whose windows are computed at once (whole data files; memory: about 0.5 MB per feature
+with the default windows, so ~0.5 GB at a time)."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -117,6 +118,7 @@ def main() -> None:
     build_site(analysis_dir, site, autoencoder=sae, overwrite=True, progress=False, device=args.device)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     load = os.getloadavg()[0]
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     manifest = json.loads((site / "site.json").read_text())
     built = len(manifest["features"])
     sizes = record_sizes(site)
@@ -127,7 +129,7 @@ def main() -> None:
     files = sum(1 for p in site.rglob("*") if p.is_file())
     data_bytes = sum(p.stat().st_size for p in (site / "data").iterdir())
     print(f"site of {built:,} features: {seconds:.1f} s ({1000 * seconds / built:.2f} ms per feature), {cpu:.0f} CPU s "
-          f"(load average {load:.1f} at the end); phases {manifest['timings']}")
+          f"(load average {load:.1f} at the end), peak memory {peak_mib:,.0f} MiB; phases {manifest['timings']}")
     print(f"bytes per feature record: mean {statistics.mean(values):,.0f}, median {statistics.median(values):,.0f}, "
           f"95th percentile {values[int(0.95 * (len(values) - 1))]:,}, max {values[-1]:,}; "
           f"{len(full):,} features showing ≥ 90 % of the {slots} example slots: mean {statistics.mean(full) if full else 0:,.0f}, "
@@ -143,7 +145,7 @@ def main() -> None:
           f"{quadratic * scale**2 / 3600:.1f} h for the decoder cosines (F² d_in; a GPU does this part in minutes); "
           f"{(statistics.mean(values) + index_per_row) * TARGET / 2**30:.1f} GiB")
     result = {"d_sae": sae.d_sae, "tokens": store.n_tokens, "built": built, "seconds": round(seconds, 1),
-              "cpu_seconds": round(cpu, 1), "load_average": round(load, 1),
+              "cpu_seconds": round(cpu, 1), "load_average": round(load, 1), "peak_mib": round(peak_mib),
               "timings": manifest["timings"], "record_bytes_mean": round(statistics.mean(values)),
               "record_bytes_median": round(statistics.median(values)), "record_bytes_max": values[-1],
               "record_bytes_full_mean": round(statistics.mean(full)) if full else None, "full_features": len(full),

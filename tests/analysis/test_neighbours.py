@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_kit.analysis.neighbours import brute_force_neighbours, decoder_neighbours, unit_rows
+from sae_kit.analysis.neighbours import (
+    brute_force_neighbours,
+    decoder_neighbours,
+    unit_rows,
+)
 
 
 def test_cosines_of_a_hand_example():
