@@ -41,7 +41,7 @@
       marker: Object.assign({}, site.figures.map.data[0].marker, { color: colour, size: n > 20000 ? 3 : n > 2000 ? 5 : 8 }) });
     var node = document.getElementById("map-plot");
     K.plot("map-plot", spec).then(function () {
-      node.on("plotly_click", function (event) {
+      if (node.on) node.on("plotly_click", function (event) {
         var point = event.points && event.points[0];
         if (point) window.location.href = K.featureHref(point.customdata);
       });

@@ -14,7 +14,7 @@
 
 Everything is local: pages open from file:// with no network at all; the data files are scripts
 (`saeKitRegister(kind, key, payload)`) that pages add as <script> tags, since file:// forbids
-fetch. A feature's record is about 10 KB with 20 top examples and 10 bands of 20 (see
+fetch. A feature's record is about 8 KB with 20 top examples and 10 bands of 20 (see
 `encoding` for the compact codes), so the size of a site grows with the number of features but
 every page loads only what it shows.
 """
