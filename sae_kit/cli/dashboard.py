@@ -1,4 +1,4 @@
-"""`sae-kit dashboard --analysis A --out SITE [--features 0-99 | --top 200]`: the static offline site."""
+"""`sae-kit dashboard --analysis A --out SITE [--all | --features 0-99 | --top 200]`: the static offline site."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from sae_kit.dashboard import SiteOptions, build_site
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("dashboard",
-                              help="write a static HTML site of feature pages (works offline, from file://)")
+                              help="write a static HTML site of every feature (works offline, from file://)")
     p.add_argument("--analysis", required=True, help="analysis directory (from sae-kit analyze)")
     p.add_argument("--out", required=True, help="site directory to write")
     which = p.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true",
+                       help="every feature that fired (the default, for SAEs of any width)")
     which.add_argument("--features", help="feature ids and ranges, e.g. 0-99,120,300-310")
     which.add_argument("--top", type=parse_count, metavar="N",
                        help="the N features first by --sort-by (within the density range)")

@@ -213,7 +213,7 @@ def _screenshots(site: Path, report: Path, gallery: list[int]) -> dict[str, str]
 
 
 def _feature_page(site_root: str, feature: int) -> str:
-    return f"{site_root}/features/{feature}.html"
+    return f"{site_root}/feature.html#{feature}"
 
 
 def _examples(ctx, analysis, features: list[int], n: int = 4) -> dict[int, list[str]]:

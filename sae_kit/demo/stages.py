@@ -6,6 +6,7 @@ WORK/demo-state.json. The language model is loaded once and shared by every stag
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -133,7 +134,8 @@ def stage_dashboard(ctx: DemoContext, stages) -> dict:
     build_site(ctx.analysis, ctx.site, top=ctx.cfg.dashboard_features, min_density=DASHBOARD_MIN_DENSITY,
                max_density=DASHBOARD_MAX_DENSITY, prompts=ctx.cfg.steer_prompts, autoencoder=ctx.sae, lm=ctx.lm,
                overwrite=True, progress=ctx.progress)
-    pages = len(list((ctx.site / "features").glob("*.html"))) if (ctx.site / "features").is_dir() else 0
+    manifest = ctx.site / "site.json"
+    pages = len(json.loads(manifest.read_text())["features"]) if manifest.is_file() else 0
     return {"feature_pages": pages}
 
 

@@ -1,6 +1,8 @@
-"""The dashboard site: structure, offline assets, escaping, token display, the CLI, the example
-script, and a real headless-Chromium check of every page type (marked `browser`: skipped when
-no Chromium is installed, except under CI=true where that is a failure)."""
+"""The dashboard site: layout, offline assets, the compact records decoded against the example
+windows they encode, explanations, the CLI, the example script, and real pages in headless
+Chromium (marked `browser`: skipped when no Chromium is installed, except under CI=true where
+that is a failure): loading, search, sort, navigation, neighbours, the feature map, and an index
+of 65,536 features."""
 
 from __future__ import annotations
 
@@ -14,65 +16,108 @@ from pathlib import Path
 import pytest
 import torch
 
+from sae_kit.analysis import AnalysisConfig, analyze
+from sae_kit.analysis.examples import example_windows
+from sae_kit.analysis.neighbours import brute_force_neighbours
 from sae_kit.cli import main
 from sae_kit.dashboard import build_site
+from sae_kit.dashboard.encoding import ACT_ZERO, decode_examples
 from sae_kit.dashboard.pages import embed_json
 from sae_kit.errors import SaeKitError
 from sae_kit.lm.tokens import display_tokens, make_visible
+from tests.dashboard.conftest import (
+    index_rows,
+    rank_texts,
+    read_data,
+    records,
+    site_info,
+    vocab_texts,
+)
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = re.compile(r'<script id="data" type="application/json">(.*?)</script>', re.S)
+TARGET_BYTES = 15_000
 
 
-def page_data(path: Path) -> dict:
-    match = DATA.search(path.read_text(encoding="utf-8"))
-    assert match, path
-    return json.loads(match.group(1))
-
-
-@pytest.fixture(scope="session")
-def tiny_site(tiny_analysis, tmp_path_factory):  # noqa: F811
-    return build_site(tiny_analysis.path, tmp_path_factory.mktemp("site") / "site", top=12, before=5, after=3,
-                      prompts=["def add(a, b):\n    return a < b"], prompt_contexts=2, progress=False)
-
-
-def test_site_structure_and_offline_assets(tiny_site, tiny_analysis):  # noqa: F811
+def test_site_layout_and_offline_assets(tiny_site, tiny_analysis):
     manifest = json.loads((tiny_site / "site.json").read_text())
-    built = manifest["features"]
-    assert manifest["format"] == "sae-kit-dashboard" and len(built) == 12
-    assert built == [f for f in sorted(range(tiny_analysis.n_features), key=lambda f: -float(tiny_analysis.max_activation[f]))
-                     if tiny_analysis.fire_count[f] > 0][:12]
-    assert sorted(int(p.stem) for p in (tiny_site / "features").glob("*.html")) == sorted(built)
+    live = (tiny_analysis.fire_count > 0).nonzero().squeeze(1).tolist()
+    assert manifest["format"] == "sae-kit-dashboard" and manifest["format_version"] == 2
+    assert manifest["features"] == live  # --all is the default: every feature that fired, by id
+    for name in ("index.html", "feature.html", "map.html", "prompts.html", "data/site.js", "data/vocab.js",
+                 "data/index-000.js", "data/map.js"):
+        assert (tiny_site / name).is_file(), name
+    shards = sorted(int(p.stem.split("-")[1]) for p in (tiny_site / "data").glob("features-*.js"))
+    assert shards == sorted({f // 16 for f in live}) and not (tiny_site / "features").exists()
+    for file in (tiny_site / "data").glob("features-*.js"):
+        kind, key, payload = read_data(file)
+        assert kind == "features" and [r["id"] for r in payload] == [f for f in live if f // 16 == key]
     plotly_js = list(tiny_site.rglob("plotly*.js"))
     assert [p.relative_to(tiny_site).as_posix() for p in plotly_js] == ["assets/plotly.min.js"]  # written once
     assert plotly_js[0].stat().st_size > 1_000_000
-    for page in [tiny_site / "index.html", tiny_site / "prompts.html", *(tiny_site / "features").glob("*.html")]:
+    for page in tiny_site.glob("*.html"):
         html = page.read_text(encoding="utf-8")
         assert not re.search(r"(src|href)=\"(https?:)?//", html), page  # nothing from the network
         assert "cdn" not in html.lower(), page
-    index = page_data(tiny_site / "index.html")
-    assert [row["id"] for row in index["rows"]] == built
-    assert index["summary"]["n_features"] == tiny_analysis.n_features
+    for script in [*(tiny_site / "assets").glob("*.js"), *(tiny_site / "data").glob("*.js")]:
+        if script.name == "plotly.min.js":
+            continue
+        text = script.read_text(encoding="utf-8")
+        assert "fetch(" not in text and "XMLHttpRequest" not in text, script  # file:// forbids both
+        assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", text), script
+    cols = index_rows(tiny_site)
+    assert cols["ids"] == live and cols["fires"] == tiny_analysis.fire_count[live].tolist()
+    info = site_info(tiny_site)
+    assert info["n_features"] == tiny_analysis.n_features and info["built"] == len(live)
+    built = [f for f in range(info["n_features"]) if (info["alphabet"].index(info["built_bits"][f // 6]) >> (f % 6)) & 1]
+    assert built == live
 
 
-def test_feature_page_content(tiny_site, tiny_analysis):  # noqa: F811
-    a = tiny_analysis
-    f = json.loads((tiny_site / "site.json").read_text())["features"][0]
-    data = page_data(tiny_site / "features" / f"{f}.html")
-    assert data["id"] == f and data["max"] == pytest.approx(float(a.max_activation[f]))
-    assert len(data["top"]) == min(a.top_k, int(a.fire_count[f]))
-    centre_values = [ex["a"][ex["c"]] for ex in data["top"]]
-    assert centre_values == pytest.approx(a.top_values[f, : len(centre_values)].tolist(), rel=1e-3)
-    assert [ex["i"] for ex in data["top"]] == a.top_indices[f, : len(centre_values)].tolist()
-    for ex in data["top"]:
-        assert len(ex["t"]) == len(ex["a"]) and 0 <= ex["c"] < len(ex["t"]) and len(ex["t"]) <= 5 + 1 + 3
-    assert [b["q"] for b in data["bands"]] == list(reversed(range(a.n_quantiles)))
-    assert sum(b["count"] for b in data["bands"]) == int(a.fire_count[f])
-    assert data["hist"]["data"][0]["type"] == "bar" and sum(data["hist"]["data"][0]["y"]) == int(a.fire_count[f])
-    assert len(data["promoted"]) == 10 and data["logits"]["data"][0]["orientation"] == "h"
-    prompts = page_data(tiny_site / "prompts.html")
-    assert [p["title"] for p in prompts["prompts"]][:2] == ["Stored context 0", "Stored context 1"]
-    assert prompts["prompts"][2]["tokens"][0]["t"] == "<bos>" and len(prompts["prompts"]) == 3
+def test_records_decode_to_the_examples_they_encode(tiny_site, tiny_analysis, tiny_tokenizer):
+    """Every record, decoded in Python exactly as site.js decodes it, gives back the example windows
+    (tokens, activations within the code's step, context and position), bands, histogram, logit
+    effects, labels and prev/next; its neighbours are the brute-force decoder-cosine ones."""
+    from sae_kit.autoencoders import load_autoencoder
+
+    a, info = tiny_analysis, site_info(tiny_site)
+    recs = records(tiny_site)
+    live = sorted(recs)
+    sae = load_autoencoder(a.run)
+    windows = example_windows(a, live, autoencoder=sae, before=5, after=3)
+    k = a.top_k
+    brute = brute_force_neighbours(sae.W_dec, n=10)
+    cols = index_rows(tiny_site)
+    for row, f in enumerate(live):
+        rec = recs[f]
+        groups = decode_examples(rec["tokens"], rec["acts"], rec["where"], rec["scale"], info["context_width"],
+                                 info["position_width"])
+        assert len(groups) == 1 + a.n_quantiles
+        for g, examples in enumerate(groups):
+            slots = [s for s in range(k * g, k * (g + 1)) if windows.centers[row, s] >= 0]
+            assert len(examples) == len(slots)
+            for ex, s in zip(examples, slots):
+                present = windows.tokens[row, s] >= 0
+                ids = windows.tokens[row, s][present]
+                names = display_tokens(tiny_tokenizer, ids.tolist())
+                assert rank_texts(tiny_site, ex["t"]) == [names[i] for i in ids.tolist()]
+                values = windows.activations[row, s][present]
+                assert torch.tensor(ex["a"]) == pytest.approx(values, abs=rec["scale"] / ACT_ZERO)
+                assert ex["c"] == int(present[:5].sum()) and (ex["ctx"], ex["pos"]) == (
+                    int(windows.contexts[row, s]), int(windows.positions[row, s]))
+        top_centres = [ex["a"][ex["c"]] for ex in groups[0]]
+        assert top_centres == pytest.approx(a.top_values[f, : len(top_centres)].tolist(), abs=rec["scale"] / ACT_ZERO)
+        assert sum(b[2] for b in rec["bands"]) == int(a.fire_count[f]) == sum(rec["hist"]) == rec["fires"]
+        assert [b[1] for b in rec["bands"]] == pytest.approx(a.band_upper[f].tolist(), rel=1e-3)
+        promoted = display_tokens(tiny_tokenizer, a.promoted_ids[f].tolist())
+        assert vocab_texts(tiny_site, rec["promoted"]) == [promoted[int(i)] for i in a.promoted_ids[f]]
+        assert rec["promoted_logits"] == pytest.approx(a.promoted_logits[f].tolist(), rel=2e-3)
+        assert rec["neighbours"] == brute.indices[f].tolist()
+        assert rec["cosines"] == pytest.approx(brute.cosines[f].tolist(), abs=6e-4)
+        assert (rec["prev"], rec["next"]) == (live[row - 1] if row else None, live[row + 1] if row + 1 < len(live) else None)
+        # the label: distinct top-example tokens, strongest first (here computed the plain way)
+        centre_ids = [int(t) for t in windows.tokens[row, :k, 5] if t >= 0]
+        label = list(dict.fromkeys(centre_ids))[:4]
+        names = display_tokens(tiny_tokenizer, label)
+        assert vocab_texts(tiny_site, cols["labels"][row]) == [names[i] for i in label]
 
 
 def test_embedded_text_cannot_break_out_of_the_page(tiny_site):
@@ -80,10 +125,12 @@ def test_embedded_text_cannot_break_out_of_the_page(tiny_site):
     text = embed_json(hostile)
     assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
     assert json.loads(text) == hostile
-    # Every page: the data block is valid JSON and the token "<bos>" never appears raw in it.
-    for page in [tiny_site / "prompts.html", *(tiny_site / "features").glob("*.html")]:
-        raw = DATA.search(page.read_text(encoding="utf-8")).group(1)
-        assert "<bos>" not in raw and "\\u003cbos\\u003e" in raw, page
+    raw = re.search(r'<script id="data" type="application/json">(.*?)</script>',
+                    (tiny_site / "prompts.html").read_text(encoding="utf-8"), re.DOTALL).group(1)
+    assert "<bos>" not in raw and "\\u003cbos\\u003e" in raw
+    prompts = json.loads(raw)["prompts"]
+    assert [p["title"] for p in prompts][:2] == ["Stored context 0", "Stored context 1"] and len(prompts) == 3
+    assert prompts[2]["tokens"][0]["t"] == "<bos>"
 
 
 def test_tokens_are_shown_as_the_tokenizer_renders_them(tiny_tokenizer):
@@ -98,70 +145,74 @@ def test_tokens_are_shown_as_the_tokenizer_renders_them(tiny_tokenizer):
     assert make_visible("a\x00\r") == "a\\x00␍"
 
 
-def test_dashboard_cli_and_errors(tiny_analysis, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_explanations_and_scores_reach_the_records_and_index(explained_analysis, tmp_path):
+    site = build_site(explained_analysis, tmp_path / "site", features=list(range(12)), progress=False)
+    recs, cols = records(site), index_rows(site)
+    assert recs[3]["explanation"] == "feature 3 likes zebras"
+    assert recs[3]["scores"]["detection"] == {"balanced_accuracy": 0.53, "n": 20}
+    assert "explanation" not in recs[10] and site_info(site)["explanations"] is True
+    assert cols["explanation"][:4] == [f"feature {f} likes {'zebras' if f == 3 else 'tokens'}" for f in range(4)]
+    assert cols["explanation"][10] == "" and cols["detection"][10] is None and cols["detection"][5] == 0.55
+    for rec in recs.values():
+        assert [e.startswith(f"feature {n} ") if n < 8 else e == ""
+                for n, e in zip(rec["neighbours"], rec["neighbour_explanations"])] == [True] * len(rec["neighbours"])
+
+
+def test_record_bytes_under_the_target(tiny_run, tmp_path):
+    """With the default analysis (20 top examples, 10 bands of 20, 64 bins) and windows (10 + 1 + 4),
+    every record stays under 15 KB, including those that fill ≥ 90 % of the 220 example slots (a
+    sanity bound; scripts/bench/dashboard.py reports real sizes)."""
+    analysis = analyze(AnalysisConfig(run=str(tiny_run), out=str(tmp_path / "A")), progress=False)
+    site = build_site(analysis.path, tmp_path / "site", progress=False, prompt_contexts=0, feature_map=False)
+    sizes = {}
+    for file in (site / "data").glob("features-*.js"):
+        for rec in read_data(file)[2]:
+            sizes[rec["id"]] = len(json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    examples = (analysis.top_indices >= 0).sum(1) + (analysis.band_indices >= 0).flatten(1).sum(1)  # of 20 + 10 · 20
+    full = [f for f in sizes if int(examples[f]) >= 0.9 * 220]
+    assert len(full) >= 3  # features showing nearly every example slot: the largest records
+    print("record bytes: max", max(sizes.values()), "mean of the fullest", sum(sizes[f] for f in full) / len(full))
+    assert max(sizes.values()) <= TARGET_BYTES, max(sizes.values())
+    assert sum(sizes[f] for f in full) / len(full) <= TARGET_BYTES
+
+
+def test_dashboard_cli_and_errors(tiny_analysis, tmp_path, capsys, monkeypatch):
     import sae_kit.dashboard.site
 
-    monkeypatch.setattr(sae_kit.dashboard.site, "CHUNK", 2)  # windows computed two features at a time
+    monkeypatch.setattr(sae_kit.dashboard.site, "CHUNK", 2)  # windows computed a shard at a time
     out = tmp_path / "site"
-    assert main(["dashboard", "--analysis", str(tiny_analysis.path), "--out", str(out), "--features", "0-3,7",
-                 "--prompt-contexts", "0"]) == 0
-    assert json.loads((out / "site.json").read_text())["features"] == [0, 1, 2, 3, 7]
-    assert [row["id"] for row in page_data(out / "index.html")["rows"]] == [0, 1, 2, 3, 7]
-    neighbours = [(page_data(out / "features" / f"{f}.html")["prev"], page_data(out / "features" / f"{f}.html")["next"])
-                  for f in (0, 3, 7)]
-    assert neighbours == [(None, 1), (2, 7), (3, None)]
-    assert page_data(out / "prompts.html")["prompts"] == []
+    assert main(["dashboard", "--analysis", str(tiny_analysis.path), "--out", str(out), "--features", "0-3,7,40",
+                 "--prompt-contexts", "0", "--shard-features", "4", "--neighbours", "3", "--no-feature-map"]) == 0
+    assert json.loads((out / "site.json").read_text())["features"] == [0, 1, 2, 3, 7, 40]
+    assert sorted(p.name for p in (out / "data").glob("features-*.js")) == [
+        "features-00000.js", "features-00001.js", "features-00010.js"]
+    recs = records(out)
+    assert [(recs[f]["prev"], recs[f]["next"]) for f in (0, 3, 7, 40)] == [(None, 1), (2, 7), (3, 40), (7, None)]
+    assert all(len(r["neighbours"]) == 3 for r in recs.values()) and not (out / "data" / "map.js").exists()
+    assert index_rows(out)["ids"] == [0, 1, 2, 3, 7, 40]
     capsys.readouterr()
     assert main(["dashboard", "--analysis", str(tiny_analysis.path), "--out", str(out), "--features", "3"]) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert main(["dashboard", "--analysis", str(tiny_analysis.path), "--out", str(out), "--features", "999",
                  "--overwrite"]) == 1
     assert "out of range" in capsys.readouterr().err
+    assert main(["dashboard", "--analysis", str(tiny_analysis.path), "--out", str(out), "--all", "--overwrite",
+                 "--prompt-contexts", "0", "--before", "20", "--after", "5"]) == 0
+    assert json.loads((out / "site.json").read_text())["features"] == (tiny_analysis.fire_count > 0).nonzero().squeeze(1).tolist()
     with pytest.raises(SaeKitError, match="no feature matches"):
         build_site(tiny_analysis.path, tmp_path / "empty", top=5, min_density=0.9, progress=False)
+    with pytest.raises(SaeKitError, match="at most 91"):
+        build_site(tiny_analysis.path, tmp_path / "wide", before=80, after=20, progress=False)
 
 
 def test_build_dashboards_script_quick(tiny_llama_dir, tmp_path):
     """The example script end to end (harvest, train, analyze, build) at its --quick size."""
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "build_dashboards.py"), "--quick", "--model",
                              str(tiny_llama_dir), "--hook", "resid.1", "--work", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600, cwd=REPO,
+                            check=False, capture_output=True, text=True, timeout=600, cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr[-3000:]
     site = tmp_path / "site"
     manifest = json.loads((site / "site.json").read_text())
-    assert manifest["features"] and (site / "index.html").is_file()
+    assert manifest["features"] and (site / "index.html").is_file() and (site / "data" / "site.js").is_file()
     assert f"{site / 'index.html'}" in result.stdout
-
-
-@pytest.mark.browser
-def test_site_in_headless_chromium(tiny_site, tmp_path):
-    """Index, a feature page and the prompt view load from file:// with no console error and no
-    network request; one table row per feature; the plots and tokens render; screenshots saved."""
-    from sae_kit.dashboard.browser import check_site, find_chromium
-
-    missing = None
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        missing = "playwright is not installed (pip install playwright; no browser download needed)"
-    if find_chromium() is None:
-        missing = "no chromium is installed (apt-get install -y chromium)"
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {missing}")
-        pytest.skip(missing)
-    built = json.loads((tiny_site / "site.json").read_text())["features"]
-    report = check_site(tiny_site, feature=built[0], screenshots=tmp_path / "shots")
-    for page in report.pages:
-        assert page.console_errors == [], page.url
-        assert page.foreign_requests == [] and page.failed_requests == [], page.url
-        assert Path(page.screenshot).stat().st_size > 10_000
-    assert report.index.table_rows == len(built)
-    assert report.index.plots == 1 and report.feature.plots == 2
-    feature_data = page_data(tiny_site / "features" / f"{built[0]}.html")
-    shown_tokens = sum(len(ex["t"]) for ex in feature_data["top"]) + sum(len(ex["t"]) for b in feature_data["bands"]
-                                                                      for ex in b["examples"])
-    assert report.feature.tokens >= shown_tokens
-    assert report.prompts.tokens == sum(len(p["tokens"]) for p in page_data(tiny_site / "prompts.html")["prompts"])
-    assert torch.tensor([p.tokens for p in report.pages]).gt(0).all()

@@ -42,7 +42,8 @@ def test_demo_quick_end_to_end_and_resume(tmp_path):
     sae = next(m for m in summary["models"].values() if m["arch"] == "sae")
     assert 0 < sae["fvu"] < 1 and 0 < sae["l0"] < 2 * 576 and sae["ce_loss_recovered"] is not None
     assert (report / "dashboard" / "index.html").is_file()
-    assert all((report / "dashboard" / "features" / f"{f}.html").is_file() for f in summary["gallery"])
+    assert json.loads((report / "dashboard" / "site.json").read_text())["features"] == sorted(summary["gallery"])
+    assert f"(dashboard/feature.html#{summary['gallery'][0]})" in text
     assert summary["steered"] and (report / "steering" / f"feature-{summary['steered'][0]}" / "report.md").is_file()
     assert (report / "figures" / "training_curves.html").is_file()
     for html in report.rglob("*.html"):  # offline: no CDN anywhere in the report
