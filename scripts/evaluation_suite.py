@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sae_kit.artifacts import PLOTLY_FILE, atomic_write_json, atomic_write_text, write_plotly_js
 from sae_kit.autoencoders import run_dirs
+from sae_kit.config import command_line
 from sae_kit.errors import SaeKitError
 from sae_kit.evaluation import EvalConfig, evaluate
 from sae_kit.evaluation.evaluator import EVAL_FILE
@@ -47,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny settings: a pipeline check in seconds")
     parser.add_argument("--from-eval", action="store_true",
                         help="tabulate the eval.json files an earlier `sae-kit evaluate --suite …` wrote, evaluating nothing")
+    parser.add_argument("--no-html", action="store_true",
+                        help="PNG figures only (no HTML and no plotly.min.js copy: for committed reports)")
     parser.add_argument("--autointerp", action="store_true", help="also run `sae-kit explain` (if this sae-kit has it)")
     parser.add_argument("--analysis", action="append", default=[], metavar="NAME=DIR",
                         help="for --autointerp: a model's analysis directory (sae-kit analyze), repeatable")
@@ -152,6 +155,24 @@ def table(rows: list[dict], ks: list[int], with_interp: bool) -> str:
     return "\n".join(lines)
 
 
+def dataset_table(results: dict[str, dict]) -> str | None:
+    """Probing accuracy per dataset: every model's top-k, then the raw activations' top-k and all dims."""
+    probed = {name: r["probing"] for name, r in results.items() if r.get("probing")}
+    if not probed:
+        return None
+    ks = next(iter(probed.values()))["k"]
+    lines = ["| dataset | model | " + " | ".join(f"top-{k}" for k in ks) + " | all dims |",
+             "|---|---|" + "---:|" * (len(ks) + 1)]
+    for dataset in next(iter(probed.values()))["datasets"]:
+        for name, p in probed.items():
+            d = p["datasets"][dataset]
+            lines.append(f"| {dataset} | {name} | " + " | ".join(f"{d[f'sae_top_{k}_test_accuracy']:.3f}" for k in ks) + " | - |")
+        d = next(iter(probed.values()))["datasets"][dataset]
+        lines.append(f"| {dataset} | raw activations | " + " | ".join(f"{d[f'llm_top_{k}_test_accuracy']:.3f}" for k in ks)
+                     + f" | {d['llm_test_accuracy']:.3f} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- figures
 
 
@@ -210,14 +231,14 @@ def core_figure(results: dict[str, dict]):
     return fig
 
 
-def save_figures(figures: dict, folder: Path) -> list[str]:
+def save_figures(figures: dict, folder: Path, html: bool = True) -> list[str]:
     """NAME.html for each figure (plotly.js from the folder above) and, when kaleido and Chromium
     work, NAME.png (all in one Chromium session). Returns the paths written, relative to the report."""
     import plotly.io as pio
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, fig in figures.items():
+    for name, fig in figures.items() if html else ():
         atomic_write_text(folder / f"{name}.html", fig.to_html(include_plotlyjs=f"../{PLOTLY_FILE}", full_html=True))
         written.append(f"figures/{name}.html")
     try:
@@ -238,10 +259,12 @@ def main(argv=None) -> dict:
     seconds = time.perf_counter() - started
     rows = rows_of(results, interp)
     ks = next((r["probing"]["k"] for r in results.values() if r.get("probing")), [])
-    write_plotly_js(out)
+    if not args.no_html:
+        write_plotly_js(out)
     makers = {"probing": probing_figure, "absorption": absorption_figure, "core": core_figure}
     figures = save_figures({name: make(results) for name, make in makers.items()
-                            if name == "core" or any(r.get(name) for r in results.values())}, out / "figures")
+                            if name == "core" or any(r.get(name) for r in results.values())}, out / "figures",
+                           html=not args.no_html)
     first = next(iter(results.values()))
     notes = [f"- {suite}: skipped ({first[f'{suite}_skipped']})" for suite in ("spliced", "probing", "absorption")
              if first.get(f"{suite}_skipped")]
@@ -249,10 +272,15 @@ def main(argv=None) -> dict:
     notes += [f"- autointerp: {interp_note}"] if interp_note else []
     timing = (f"tabulated from the runs' eval.json (probing {(first.get('probing') or {}).get('seconds', '-')} s, "
               f"absorption {(first.get('absorption') or {}).get('seconds', '-')} s)" if args.from_eval else f"{seconds:.0f} s")
+    evaluated = EvalConfig.from_dict(first["eval_config"]) if args.from_eval else cfg
+    evaluate_command = command_line("sae-kit evaluate", [evaluated], names={"suites": "suite", "probe_datasets": "probe_dataset"})
+    per_dataset = dataset_table(results)
     text = "\n".join([f"# Evaluation suite: {args.run}", "",
                       f"Store {first['store']} at {first['hook']}; {timing}. Command: "
-                      f"`{shlex.join(['scripts/evaluation_suite.py', *(argv if argv is not None else sys.argv[1:])])}`", "",
+                      f"`{shlex.join(['scripts/evaluation_suite.py', *(argv if argv is not None else sys.argv[1:])])}`"
+                      f"; the evaluation: `{evaluate_command}`.", "",
                       table(rows, ks, bool(interp)), "", *notes, "",
+                      *(["## Sparse probing per dataset", "", per_dataset, ""] if per_dataset else []),
                       *[f"![{f}]({f})" for f in figures if f.endswith(".png")],
                       *[f"- [{f}]({f})" for f in figures if f.endswith(".html")], ""])
     atomic_write_text(out / "evaluation_suite.md", text)

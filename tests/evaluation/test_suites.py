@@ -87,3 +87,6 @@ def test_evaluation_suite_script_quick(sweep, tmp_path, tiny_llama_dir):
     ceiling = summary["rows"][-1]
     assert ceiling["model"] == "raw activations (ceiling)" and 0 <= ceiling["probe_all"] <= 1
     assert json.loads((out / "evaluation_suite.json").read_text())["rows"] == json.loads(json.dumps(summary["rows"]))
+    # --from-eval tabulates the eval.json files just written, evaluating nothing
+    again = script.main(["--run", str(sweep), "--from-eval", "--out", str(tmp_path / "again")])
+    assert json.loads(json.dumps(again["rows"])) == json.loads(json.dumps(summary["rows"]))
