@@ -10,6 +10,9 @@ Definitions (formulas in `sae_kit.evaluation.metrics`, which this module only ac
   the eval split); CE loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean);
   Δ CE = CE_spliced − CE_clean (nats); KL(clean ‖ spliced) per predicted token. Position 0
   (BOS) is never replaced when the store prepends BOS, matching training, which skips it.
+- Core set of SAELens / SAEBench (`sae_kit.evaluation.core`, in the same pass): cosine, L2
+  ratio, relative reconstruction bias, legacy explained variance, densities, weight geometry.
+- Suites (`sae_kit.evaluation.suites`): --suite probing (sparse probing), absorption.
 """
 
 from __future__ import annotations
