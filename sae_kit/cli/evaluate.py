@@ -1,4 +1,5 @@
-"""`sae-kit evaluate --run RUN [--store DIR] [--model M] …`: flags map one-to-one onto `EvalConfig`."""
+"""`sae-kit evaluate --run RUN [--suite probing,absorption] [--store DIR] [--model M] …`: flags map
+one-to-one onto `EvalConfig` (`--suite` is its `suites`, `--probe-dataset` its `probe_datasets`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from sae_kit.evaluation import EvalConfig, evaluate
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="reconstruction and spliced-model metrics of a run or sweep on held-out data",
+        "evaluate", help="reconstruction, spliced-model, sparse-probing and absorption metrics of a run or sweep",
         description="Evaluate a trained run (or every run of a sweep) on the store's held-out split; "
-                    "writes eval.json per run and eval.md (a table) in --run.")
-    add_config_flags(parser, EvalConfig, required=("run",))
+                    "writes eval.json (and eval_latents.safetensors) per run and eval.md (tables) in --run. "
+                    "--suite probing,absorption adds sparse probing and first-letter feature absorption "
+                    "(SAEBench), which run texts through the language model.")
+    add_config_flags(parser, EvalConfig, required=("run",),
+                     names={"suites": "suite", "probe_datasets": "probe_dataset"},
+                     metavars={"probe_k": "K[,…]", "probe_datasets": "NAME[,…]"})
     parser.set_defaults(func=run)
 
 

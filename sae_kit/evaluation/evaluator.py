@@ -10,6 +10,9 @@ Definitions (formulas in `sae_kit.evaluation.metrics`, which this module only ac
   the eval split); CE loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean);
   Δ CE = CE_spliced − CE_clean (nats); KL(clean ‖ spliced) per predicted token. Position 0
   (BOS) is never replaced when the store prepends BOS, matching training, which skips it.
+- Core set of SAELens / SAEBench (`sae_kit.evaluation.core`, in the same pass): cosine, L2
+  ratio, relative reconstruction bias, legacy explained variance, densities, weight geometry.
+- Suites (`sae_kit.evaluation.suites`): --suite probing (sparse probing), absorption.
 """
 
 from __future__ import annotations
@@ -25,13 +28,16 @@ from sae_kit.artifacts import atomic_write_json, atomic_write_text
 from sae_kit.autoencoders import Autoencoder, RunInfo, load_autoencoder, run_dirs
 from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
+from sae_kit.evaluation.core import CoreSums, core_metrics
 from sae_kit.evaluation.metrics import ce_loss_recovered, dead_fraction, dense_fraction, fvu_from_sums, kl_from_logits, next_token_ce
+from sae_kit.evaluation.suites import LanguageModelSource, run_suites, suite_tables
 from sae_kit.harvest.reader import ActivationStore
 from sae_kit.lm.hooks import intervene, resolve_hooks
-from sae_kit.lm.models import choose_device, load_model
+from sae_kit.lm.models import choose_device
 
 EVAL_FILE = "eval.json"
 TABLE_FILE = "eval.md"
+SUITES = ("core", "probing", "absorption")
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,33 @@ class EvalConfig(JsonConfig):
     """Firing rate above which a latent counts as dense."""
     device: str | None = None
     """Device (default: CUDA when present, else CPU)."""
+    suites: tuple[str, ...] = ("core",)
+    """Suites: core (always on: cosine, shrinkage, densities, weight geometry), probing (sparse
+    probing), absorption (first-letter feature absorption); a comma list or the flag repeated."""
+    probe_datasets: tuple[str, ...] = ("python-docs",)
+    """Sparse-probing datasets: python-docs (offline: stdlib package, prose vs code) and/or SAEBench's
+    hub datasets LabHC/bias_in_bios_class_set1|2|3, fancyzhx/ag_news, Helsinki-NLP/europarl,
+    codeparrot/github-code (where the hub is reachable)."""
+    probe_k: tuple[int, ...] = (1, 2, 5, 10, 20)
+    """How many latents (and raw dimensions) the k-sparse probes use."""
+    probe_train_size: int = 400
+    """Train texts per probing task, half of them positive (fewer where a class has fewer texts)."""
+    probe_test_size: int = 200
+    """Test texts per probing task."""
+    probe_context_len: int = 128
+    """Tokens per probing text, BOS included (SAEBench: 128)."""
+    probe_batch_size: int = 16
+    """Texts or first-letter prompts per language-model forward pass."""
+    absorption_words: int = 2000
+    """Single-token alphabetic words sampled from the vocabulary for the first-letter task (80 % train)."""
+    absorption_icl_examples: int = 10
+    """In-context examples in each first-letter prompt (SAEBench: 10)."""
+    absorption_max_k: int = 10
+    """Largest k of the k-sparse probes that find a letter's main latents (SAEBench: 10)."""
+    absorption_min_probe_f1: float = 0.6
+    """Letters whose ground-truth probe reaches no more test F1 than this are left out (SAEBench: 0.6)."""
+    seed: int = 0
+    """Seed for the probing texts, the absorption words and their prompts."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -65,6 +98,16 @@ class EvalConfig(JsonConfig):
             raise SaeKitError("batch sizes must be positive and --ce-contexts non-negative")
         if self.eval_tokens is not None and self.eval_tokens < 1:
             raise SaeKitError(f"--eval-tokens must be positive (got {self.eval_tokens})")
+        unknown = [s for s in self.suites if s not in SUITES]
+        if unknown:
+            hint = " (autointerp is its own command: sae-kit explain)" if "autointerp" in unknown else ""
+            raise SaeKitError(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}{hint}")
+        if not self.probe_k or min(self.probe_k) < 1 or self.absorption_max_k < 1:
+            raise SaeKitError("--probe-k and --absorption-max-k must be positive")
+        if min(self.probe_train_size, self.probe_test_size) < 4 or self.probe_context_len < 2:
+            raise SaeKitError("--probe-train-size and --probe-test-size need at least 4 texts, --probe-context-len 2 tokens")
+        if self.absorption_words < 10 or self.absorption_icl_examples < 0 or self.probe_batch_size < 1:
+            raise SaeKitError("--absorption-words needs at least 10, --absorption-icl-examples ≥ 0, --probe-batch-size ≥ 1")
 
 
 class ReconstructionStats:
@@ -78,6 +121,7 @@ class ReconstructionStats:
         self.l0_sum = 0.0  # Σ #{i : z_i ≠ 0}
         self.l1_sum = 0.0  # Σ Σ_i |z_i|
         self.fire_counts = torch.zeros(d_sae, dtype=torch.long)  # per latent: tokens with z_i ≠ 0
+        self.core = CoreSums()  # cosine, L2 ratio, relative reconstruction bias … (sae_kit.evaluation.core)
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor) -> None:
@@ -91,6 +135,7 @@ class ReconstructionStats:
         self.l0_sum += float(active.sum())
         self.l1_sum += float(z.double().abs().sum())
         self.fire_counts += active.sum(0)
+        self.core.update(x, x_hat)
 
     @property
     def mean(self) -> torch.Tensor:
@@ -258,28 +303,31 @@ def evaluate(cfg: EvalConfig, *, lm=None) -> dict[str, dict]:
                       "store": str(Path(store_path).resolve()), "hook": hook, "split": "eval",
                       "reconstruction": stats[name].result(cfg.dense_threshold), "spliced": None}
                for name in models}
-    skipped = _add_spliced(cfg, results, models, store, hook, mean, lm, device) if cfg.ce_contexts > 0 else "--ce-contexts 0"
+    for name, result in results.items():
+        sums = stats[name]
+        result["core"] = core_metrics(models[name], sums.core, sums.fire_counts, sums.n,
+                                      result["reconstruction"]["explained_variance"], dirs[name])
+    language = LanguageModelSource(cfg.model, store, lm, device)
+    skipped = _add_spliced(cfg, results, models, store, hook, mean, language) if cfg.ce_contexts > 0 else "--ce-contexts 0"
+    run_suites(cfg, results, models, store, hook, language)
     for name, result in results.items():
         if skipped:
             result["spliced_skipped"] = skipped
+        result["suites"] = ["core", *(suite for suite in SUITES[1:] if suite in cfg.suites)]
         result["eval_config"] = asdict(cfg)
         atomic_write_json(dirs[name] / EVAL_FILE, result)
     table = results_table(results)
     atomic_write_text(Path(cfg.run, TABLE_FILE), f"# Evaluation of {cfg.run}\n\nHeld-out split of {store_path} at {hook}.\n\n"
-                                                  f"{table}\n")
+                                                  f"{table}\n\n{suite_tables(results)}")
     print(table)
     return results
 
 
 def _add_spliced(cfg: EvalConfig, results: dict, models: dict, store: ActivationStore, hook: str,
-                 mean: torch.Tensor, lm, device) -> str | None:
+                 mean: torch.Tensor, language: LanguageModelSource) -> str | None:
     """Add the spliced-model metrics to `results`; returns why they were skipped, or None."""
     try:
-        if lm is None:
-            spec = cfg.model or store.manifest.get("model", {}).get("spec")
-            if not spec:
-                raise SaeKitError("the store does not record its model; pass --model")
-            lm = load_model(spec, device=device)
+        lm = language.get()
         module_name = resolve_hooks(lm.model, [hook])[0]
         contexts = held_out_contexts(store, hook, cfg.ce_contexts)
         keep_first = bool(store.manifest.get("prepend_bos", True))

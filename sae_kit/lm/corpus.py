@@ -159,6 +159,17 @@ def python_docstrings(min_chars: int = MIN_DOCSTRING_CHARS) -> Iterator[str]:
     Files in sorted path order, nodes in `ast.walk` order: the same interpreter always gives
     the same sequence. About 2,400 documents and 1.3 M characters on CPython 3.11.
     """
+    for _, _, tree in stdlib_modules():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) >= min_chars:
+                    yield doc
+
+
+def stdlib_modules() -> Iterator[tuple[tuple[str, ...], str, ast.Module]]:
+    """(path parts relative to the stdlib, source, parsed tree) of every stdlib module, tests
+    excluded, in sorted path order (the probing tasks of `sae_kit.evaluation.tasks` read them too)."""
     root = Path(sysconfig.get_paths()["stdlib"])
     skip_dirs = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
     for path in sorted(root.rglob("*.py")):
@@ -166,14 +177,11 @@ def python_docstrings(min_chars: int = MIN_DOCSTRING_CHARS) -> Iterator[str]:
         if any(part in skip_dirs or part.startswith("test_") for part in parts):
             continue
         try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
+            source = path.read_text(encoding="utf-8")
+            tree = ast.parse(source)
         except (SyntaxError, UnicodeDecodeError, ValueError):
             continue  # a few stdlib files are templates or in other encodings
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc and len(doc) >= min_chars:
-                    yield doc
+        yield parts, source, tree
 
 
 def _load_dataset(spec: CorpusSpec, files: list[Path]):
