@@ -18,10 +18,11 @@ EXAMPLES = """examples:
   sae-kit train --store runs/store --hook resid.8 --out runs/sae
   sae-kit train --store runs/store --out runs/sweep --l1 1,2,5,10 --tokens 2M
   sae-kit train --store runs/store --out runs/all --arch sae,topk,ae,dae,vae,pca --k 32
+  sae-kit train --store runs/store-mlp --hook mlp_in.8 --target mlp.8 --arch skip-transcoder --out runs/tc
   sae-kit train --out runs/sae --resume
 
 architectures:
-""" + "\n".join(f"  {name:<6} {text}" for name, text in ARCH_DESCRIPTIONS.items()) + "\n"
+""" + "\n".join(f"  {name:<16} {text}" for name, text in ARCH_DESCRIPTIONS.items()) + "\n"
 
 
 def register(subparsers) -> None:

@@ -39,7 +39,8 @@ class HarvestConfig(JsonConfig):
     model: str = "default"
     """'default' (embedded SmolLM2-135M), a local HF directory, a .gguf file or a hub id."""
     hooks: tuple[str, ...] = ("resid.8",)
-    """Module names, globs or aliases (resid.L, mlp.L, attn.L); repeat for several: all share one forward pass."""
+    """Module names, globs or aliases (resid.L, mlp.L, attn.L, mlp_in.L = an MLP's input); repeat for
+    several: all share one forward pass."""
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
     """Which documents to read."""
     tokens: int = 250_000

@@ -239,7 +239,8 @@ def test_resampling_option_runs_in_training(tiny_store, tmp_path):
 def test_cli_errors_are_one_line(tiny_store, tmp_path, capsys):
     assert cli_main(["train", "--store", str(tiny_store), "--out", str(tmp_path / "x"), "--arch", "gru"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "sae-kit train: error: unknown --arch 'gru'; choose from sae, topk, ae, dae, vae, pca"
+    assert err[-1] == ("sae-kit train: error: unknown --arch 'gru'; choose from sae, topk, ae, dae, vae, pca, transcoder, "
+                       "skip-transcoder")
     assert cli_main(["train", "--out", str(tmp_path / "y"), "--resume"]) == 1
     assert "holds no checkpoint" in capsys.readouterr().err
 
