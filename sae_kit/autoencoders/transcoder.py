@@ -83,6 +83,7 @@ class Transcoder(Autoencoder):
 
     @property
     def topk(self) -> bool:
+        """Whether this model is the TopK variant (cfg.transcoder_activation)."""
         return self.cfg.transcoder_activation == "topk"
 
     # -- the function -------------------------------------------------------------------------
