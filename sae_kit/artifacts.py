@@ -9,11 +9,13 @@ of those directories is written here, to a temporary name first and then renamed
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 from pathlib import Path
 
+from sae_kit import faults
 from sae_kit.errors import SaeKitError
 
 PLOTLY_FILE = "plotly.min.js"
@@ -30,8 +32,12 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> 
     """Write `data` to `path` via a temporary file (fsynced unless told not to) and a rename."""
     path = Path(path)
     tmp = _temporary(path)
+    faults.maybe_kill()
     try:
         with open(tmp, "wb") as handle:
+            if faults.triggered("enospc"):  # injected: half the file, then the disk is full
+                handle.write(data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
             handle.write(data)
             handle.flush()
             if fsync:
@@ -106,7 +112,7 @@ def prepare_output_dir(out: str | Path, marker_file: str, what: str, overwrite: 
         raise SaeKitError(f"--out {out} is a file; name a directory")
     if out.is_dir() and any(out.iterdir()):
         if not (out / marker_file).is_file():
-            raise SaeKitError(f"{out} is not empty and holds no {what}; choose another --out")
+            raise SaeKitError(f"{out} is not empty and does not hold {what}; choose another --out (nothing was changed)")
         if not overwrite:
             raise SaeKitError(f"{out} already holds {what}; pass --overwrite to replace it")
         for name in clear:

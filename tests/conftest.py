@@ -105,6 +105,18 @@ def tiny_store(tmp_path_factory, tiny_llama_dir) -> Path:
     return harvest(cfg, progress=False)
 
 
+@pytest.fixture(scope="session")
+def tiny_mlp_store(tmp_path_factory, tiny_llama_dir) -> Path:
+    """A transcoder's store from the tiny Llama: mlp_in.1 (the MLP's input) and mlp.1 (its output),
+    harvested in one pass, 4096 tokens, 4 shards."""
+    from sae_kit.harvest import HarvestConfig, harvest
+
+    out = tmp_path_factory.mktemp("mlp-store") / "store"
+    cfg = HarvestConfig(out=str(out), model=str(tiny_llama_dir), hooks=("mlp_in.1", "mlp.1"), tokens=4096,
+                        context_len=32, shard_tokens=1024, batch_size=16)
+    return harvest(cfg, progress=False)
+
+
 # ----------------------------------------------------------------------------- a calibrated SAE and its analysis
 
 

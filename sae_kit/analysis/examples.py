@@ -2,7 +2,8 @@
 with the feature's activation at every one of them.
 
 Activations are re-encoded from the stored activations of the window's tokens (one shard at a
-time, only the (token, feature) pairs shown). For separable models (latent i depends on x only
+time, only the (token, feature) pairs shown), at the hook the analysis encoded (`analysis.hook`:
+a transcoder's input hook, the MLP input). For separable models (latent i depends on x only
 through W_enc[:, i]: ReLU SAE, dense AE, VAE mean, PCA; the class says so) a fast path computes
 just those pairs; other models (TopK) encode the needed rows in full. The example token's own
 value is the one the analysis recorded.
@@ -68,7 +69,9 @@ def feature_activations(autoencoder, x: torch.Tensor, rows: torch.Tensor, featur
                 z = encode_subset(x[start : start + block])  # [block, S]
                 out[sel] = z[rows[sel] - start, column[sel]].float()
         return out
-    W_T, b_dec = autoencoder.W_enc.detach().T, autoencoder.b_dec.detach()  # [d_sae, d_in], [d_in]
+    W_T = autoencoder.W_enc.detach().T  # [d_sae, d_in]
+    # the encoder's input is x − b_dec, or x itself for a transcoder (its b_dec is in the target's space)
+    b_dec = autoencoder.b_dec.detach() if getattr(autoencoder, "apply_b_dec_to_input", True) else 0.0
     for start in range(0, rows.shape[0], block):
         r, f = rows[start : start + block], feature[start : start + block]
         u = ((x[r] - b_dec) * W_T[f]).sum(-1)  # (x − b_dec)·W_enc[:, f], one pair per entry

@@ -77,13 +77,14 @@ class AnalysisConfig(JsonConfig):
         super().__post_init__()
         for name in ("top_k", "n_quantiles", "batch_size", "logit_top"):
             if getattr(self, name) < 1:
-                raise SaeKitError(f"{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+                flag = {"top_k": "examples", "n_quantiles": "quantiles"}.get(name, name).replace("_", "-")
+                raise SaeKitError(f"--{flag} must be at least 1 (got {getattr(self, name)})")
         if self.tokens is not None and self.tokens < 1:
             raise SaeKitError(f"--tokens must be positive (got {self.tokens})")
         if self.split not in ("all", "train", "eval"):
             raise SaeKitError(f"split must be 'all', 'train' or 'eval' (got {self.split!r})")
         if self.hist_bins < 2 * self.n_quantiles or self.hist_bins & (self.hist_bins - 1):
-            raise SaeKitError(f"hist-bins must be a power of two and at least 2 × quantiles = {2 * self.n_quantiles} "
+            raise SaeKitError(f"--hist-bins must be a power of two and at least 2 × quantiles = {2 * self.n_quantiles} "
                               f"(got {self.hist_bins})")
 
 

@@ -5,16 +5,17 @@ Every model is an `nn.Module` with `cfg` (`AutoencoderConfig`), `d_in`, `d_sae`,
 and the methods
 
     encode(x [..., d_in]) -> z [..., d_sae]           deterministic (the VAE returns μ)
-    decode(z [..., d_sae]) -> x_hat [..., d_in]
-    training_loss(x [batch, d_in], TrainingState) -> ForwardOutput(x_hat, z, losses, loss)
+    decode(z [..., d_sae]) -> x_hat [..., d_out]      d_out = d_in but for transcoders
+    reconstruct(x) -> x_hat                          decode(encode(x)) (+ a skip transcoder's x W_skip)
+    training_loss(x [batch, d_in], TrainingState, target=None) -> ForwardOutput(x_hat, z, losses, loss)
     forward(x) = training_loss(x, TrainingState())   the losses at the config's coefficients
     subset_encoder(features) -> (x -> z[..., features])
     save(run_dir)                                    weights.safetensors + config.json
 
 Modules: `base` (the shared core and the registry's contract), one module per family (`sae`,
-`topk`, `batchtopk`, `jumprelu`, `gated`, `matryoshka`, `dense`, `vae`, `pca`), `fused` (the L1
-SAE's hand-written backward), `losses`, `registry`, `config`, `runs` (RunInfo, load_autoencoder,
-sweeps), `saelens` and `sparsify` (interop).
+`topk`, `batchtopk`, `jumprelu`, `gated`, `matryoshka`, `dense`, `vae`, `pca`, `transcoder`), `fused`
+(the L1 SAE's hand-written backward), `losses`, `registry`, `config`, `runs` (RunInfo, load_autoencoder,
+sweeps), `saelens`, `sparsify` and `sparsify_transcoder` (interop).
 Saved models take raw activations: the trainer's input scale (E‖x‖ = √d_in) is folded into the
 weights before saving. This package imports no trainer, analysis or CLI code.
 """
@@ -31,6 +32,7 @@ from sae_kit.autoencoders.registry import ARCH_DESCRIPTIONS, ARCHITECTURES, ARCH
 from sae_kit.autoencoders.runs import SWEEP_FILE, RunInfo, load_autoencoder, read_run_config, run_dirs
 from sae_kit.autoencoders.sae import SparseAutoencoder
 from sae_kit.autoencoders.topk import TopKSparseAutoencoder
+from sae_kit.autoencoders.transcoder import SkipTranscoder, Transcoder
 from sae_kit.autoencoders.vae import VariationalAutoencoder
 
 __all__ = [
@@ -50,9 +52,11 @@ __all__ = [
     "PCA",
     "RunInfo",
     "SWEEP_FILE",
+    "SkipTranscoder",
     "SparseAutoencoder",
     "TopKSparseAutoencoder",
     "TrainingState",
+    "Transcoder",
     "VariationalAutoencoder",
     "architecture",
     "build_autoencoder",

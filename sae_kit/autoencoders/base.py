@@ -1,11 +1,14 @@
 """The shared core: an affine encoder and decoder around a latent code, in SAELens shapes.
 
     pre = (x − b_dec) W_enc + b_enc        x [..., d_in], W_enc [d_in, d_sae], b_enc [d_sae]
-    x̂   = z W_dec + b_dec                  z [..., d_sae], W_dec [d_sae, d_in], b_dec [d_in]
+    x̂   = z W_dec + b_dec                  z [..., d_sae], W_dec [d_sae, d_out], b_dec [d_out]
 
-Subclasses choose z = activation(pre) and the loss terms. Everything that is the same for all
-models lives here: parameters, init, decoding, folding the input scale into the weights, the
-unit-norm decoder constraint, encoding a chosen subset of latents, and saving.
+d_out = d_in for autoencoders; a transcoder (`has_target`) predicts a target at another hook
+point, possibly of another width, and its encoder does not subtract b_dec
+(`apply_b_dec_to_input` False, as in SAELens). Subclasses choose z = activation(pre) and the loss
+terms. Everything that is the same for all models lives here: parameters, init, decoding,
+folding the input scale into the weights, the unit-norm decoder constraint, encoding a chosen
+subset of latents, and saving.
 
 What differs between architectures is declared on each class (the class attributes below), so
 the trainer, evaluation, analysis, steering and interop ask the model instead of testing its
@@ -35,7 +38,7 @@ class ForwardOutput(NamedTuple):
     """What every autoencoder's forward pass returns."""
 
     x_hat: torch.Tensor
-    """[..., d_in] the reconstruction of the (clean) input."""
+    """[..., d_out] the reconstruction of the (clean) input, or a transcoder's prediction of its target."""
     z: torch.Tensor
     """[..., d_sae] the latents used to reconstruct (VAE in training: the sample μ + σ ⊙ ε)."""
     losses: dict[str, torch.Tensor]
@@ -114,6 +117,14 @@ class Autoencoder(nn.Module):
     computed from those columns alone (`subset_activation`); TopK-style models are not."""
     saelens_architecture: ClassVar[str | None] = None
     """SAELens' `architecture` name for export (None: not exportable)."""
+    has_target: ClassVar[bool] = False
+    """The model predicts a target y at another hook point from its input x (transcoders: the MLP's
+    output from its input). The trainer then requires `--target`; spliced evaluation and steering
+    read x at the input hook and replace the activation at the target hook (`RunInfo.splice_hooks`).
+    False: the model reconstructs its input, which the trainer refuses a target for."""
+    apply_b_dec_to_input: ClassVar[bool] = True
+    """The encoder sees x − b_dec (autoencoders, whose input and output share a space); False for
+    transcoders, whose b_dec lives in the target's space (SAELens' field of the same name)."""
 
     cfg: object
 
@@ -123,10 +134,11 @@ class Autoencoder(nn.Module):
         self.cfg = cfg
         self.d_in = cfg.d_in
         self.d_sae = cfg.d_sae
+        self.d_out = cfg.d_out
         self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae))
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_out))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
         self.reset_parameters()
 
     @classmethod
@@ -185,39 +197,68 @@ class Autoencoder(nn.Module):
         self.W_dec.copy_(state["W_dec"])
         self.b_dec.copy_(state["b_dec"])
 
+    @classmethod
+    def sweep_for(cls, fields: dict) -> tuple[str | None, str]:
+        """(`sweep_field`, `sweep_label`) of a model with these AutoencoderConfig fields: the class
+        attributes, unless the sparsity is a config choice (a transcoder's activation)."""
+        return cls.sweep_field, cls.sweep_label
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """April 2024 init: decoder columns in random directions with norm `init_decoder_norm`
-        (1 for a unit-norm decoder), W_enc = W_decᵀ, biases 0."""
-        direction = torch.randn(self.d_sae, self.d_in)
+        (1 for a unit-norm decoder), W_enc = W_decᵀ, biases 0. A transcoder whose target is
+        wider or narrower than its input (d_out ≠ d_in) gets encoder columns of the same norm in
+        their own random directions."""
+        direction = torch.randn(self.d_sae, self.d_out)
         norm = 1.0 if self.cfg.decoder_norm == "unit" else self.cfg.init_decoder_norm
         self.W_dec.copy_(direction / direction.norm(dim=-1, keepdim=True) * norm)
-        self.W_enc.copy_(self.W_dec.T)
+        if self.d_out == self.d_in:
+            self.W_enc.copy_(self.W_dec.T)
+        else:
+            encoder = torch.randn(self.d_sae, self.d_in)
+            self.W_enc.copy_((encoder / encoder.norm(dim=-1, keepdim=True) * norm).T)
         self.b_enc.zero_()
         self.b_dec.zero_()
 
     # -- the interface every model implements ------------------------------------------------
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        """(x − b_dec) W_enc + b_enc: [..., d_in] -> [..., d_sae]."""
-        return affine(x - self.b_dec, self.W_enc, self.b_enc)
+        """(x − b_dec) W_enc + b_enc: [..., d_in] -> [..., d_sae] (x W_enc + b_enc where
+        `apply_b_dec_to_input` is False)."""
+        return affine(x - self.b_dec if self.apply_b_dec_to_input else x, self.W_enc, self.b_enc)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic latent code z [..., d_sae] of raw activations x [..., d_in]."""
         raise NotImplementedError
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """x̂ = z W_dec + b_dec: [..., d_sae] -> [..., d_in]."""
+        """x̂ = z W_dec + b_dec: [..., d_sae] -> [..., d_out]."""
         return affine(z, self.W_dec, self.b_dec)
 
-    def training_loss(self, x: torch.Tensor, state: TrainingState) -> ForwardOutput:
+    def predict(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The output x̂ [..., d_out] from latents z [..., d_sae] of the input x [..., d_in]:
+        decode(z) (a skip transcoder adds its linear skip term x W_skip)."""
+        return self.decode(z)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output for raw x [..., d_in]: x̂ = predict(encode(x), x) = decode(encode(x))
+        [..., d_out] but for skip transcoders. What spliced evaluation puts into the model."""
+        return self.predict(self.encode(x), x)
+
+    def training_loss(self, x: torch.Tensor, state: TrainingState,
+                      target: torch.Tensor | None = None) -> ForwardOutput:
         """Reconstruction, latents and the named, weighted loss terms for a training batch x
-        [batch, d_in], given what the trainer knows at this step (`TrainingState`)."""
+        [batch, d_in], given what the trainer knows at this step (`TrainingState`). `target`
+        [batch, d_out] is what to predict (transcoders); None means x itself. Autoencoders
+        (`has_target` False) reconstruct x and are never given one by the trainer."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> ForwardOutput:
-        """Reconstruction, latents and loss terms at the config's coefficients: x [batch, d_in]."""
-        return self.training_loss(x, TrainingState())
+    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None) -> ForwardOutput:
+        """Reconstruction, latents and loss terms at the config's coefficients: x [batch, d_in]
+        (target [batch, d_out] for a transcoder; None means x)."""
+        if target is None:
+            return self.training_loss(x, TrainingState())
+        return self.training_loss(x, TrainingState(), target=target)
 
     def schedule_metrics(self, state: TrainingState) -> dict[str, float]:
         """Scheduled coefficients worth logging at this step (e.g. the warmed-up λ)."""
@@ -253,7 +294,8 @@ class Autoencoder(nn.Module):
             return encode_and_pick
         with torch.no_grad():
             W_F = self.W_enc[:, features].detach().contiguous()  # [d_in, S]
-            offset = -(self.b_dec.detach() @ W_F)  # [S]: (x − b_dec)·W_F = x·W_F − b_dec·W_F
+            # [S]: (x − b_dec)·W_F = x·W_F − b_dec·W_F; nothing to subtract for a transcoder
+            offset = -(self.b_dec.detach() @ W_F) if self.apply_b_dec_to_input else torch.zeros_like(W_F[0])
 
         def subset(x: torch.Tensor) -> torch.Tensor:
             u = torch.addmm(offset, x.reshape(-1, x.shape[-1]), W_F).reshape(*x.shape[:-1], -1)
@@ -274,6 +316,16 @@ class Autoencoder(nn.Module):
         self.W_enc.mul_(scale)
         self.W_dec.div_(scale)
         self.b_dec.div_(scale)
+
+    @torch.no_grad()
+    def fold_scales_(self, input_scale: float, target_scale: float | None = None) -> None:
+        """Fold the trainer's scales into the weights: x was fed as input_scale·x and the target
+        as target_scale·y (E‖·‖ = √d for each). A model that reconstructs its input has one scale
+        (`fold_input_scale_`); transcoders override this to fold the two separately."""
+        if target_scale is not None and target_scale != input_scale:
+            raise SaeKitError(f"arch {self.arch!r} reconstructs its input: its input and target scale are one "
+                              f"(got {input_scale} and {target_scale})")
+        self.fold_input_scale_(input_scale)
 
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
@@ -309,4 +361,5 @@ class Autoencoder(nn.Module):
         return run_dir
 
     def extra_repr(self) -> str:
-        return f"arch={self.arch}, d_in={self.d_in}, d_sae={self.d_sae}"
+        out = f", d_out={self.d_out}" if self.d_out != self.d_in else ""
+        return f"arch={self.arch}, d_in={self.d_in}, d_sae={self.d_sae}{out}"

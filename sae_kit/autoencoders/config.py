@@ -21,7 +21,8 @@ class AutoencoderConfig(JsonConfig):
     config_name = "autoencoder config"
 
     arch: str
-    """Which model: a name in the registry (sae, topk, ae, dae, vae, pca; see ARCH_DESCRIPTIONS)."""
+    """Which model: a name in the registry (sae, topk, ae, dae, vae, pca, transcoder, skip-transcoder;
+    see ARCH_DESCRIPTIONS)."""
     d_in: int
     """Input width: the hooked activation's dimension."""
     d_sae: int
@@ -76,6 +77,14 @@ class AutoencoderConfig(JsonConfig):
     matryoshka_prefixes: tuple[int, ...] | None = None
     """matryoshka: nested prefix sizes m_1 < … < m_n (d_sae is appended when the last is smaller);
     None means d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae (Bussmann et al. 2025)."""
+    d_out: int | None = None
+    """Output width: the target's dimension for a transcoder (W_dec [d_sae, d_out]); None means d_in."""
+    target_hook: str | None = None
+    """Transcoders: the hook point whose activation the model predicts (e.g. mlp.3, its input
+    being mlp_in.3); None for autoencoders, which reconstruct their input hook."""
+    transcoder_activation: Literal["relu", "topk"] = "relu"
+    """Transcoders' sparsity: 'relu' (ReLU + decoder-norm-weighted L1, λ = l1_coefficient, as
+    arch sae; Dunefsky et al. 2024) or 'topk' (TopK + AuxK, k latents, as arch topk; Paulo et al. 2025)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -94,6 +103,15 @@ class AutoencoderConfig(JsonConfig):
             raise SaeKitError(f"decoder_norm must be 'free' or 'unit' (got {self.decoder_norm!r})")
         if self.decoder_norm is None:  # resolve the architecture default once, at construction
             object.__setattr__(self, "decoder_norm", cls.default_decoder_norm)
+        if self.d_out is None:
+            object.__setattr__(self, "d_out", self.d_in)
+        if self.d_out < 1:
+            raise SaeKitError(f"d_out must be positive (got {self.d_out})")
+        if self.d_out != self.d_in and not cls.has_target:
+            raise SaeKitError(f"arch {self.arch!r} reconstructs its input, so d_out = d_in = {self.d_in} "
+                              f"(got d_out={self.d_out}); transcoders predict another width")
+        if self.transcoder_activation not in ("relu", "topk"):
+            raise SaeKitError(f"transcoder_activation must be 'relu' or 'topk' (got {self.transcoder_activation!r})")
         cls.check_config(self)
         try:
             json.dumps(self.metadata)

@@ -32,7 +32,7 @@ class DenseAutoencoder(Autoencoder):
         """What the encoder sees in training: x itself (the denoising subclass corrupts it)."""
         return x
 
-    def training_loss(self, x: torch.Tensor, state: TrainingState) -> ForwardOutput:
+    def training_loss(self, x: torch.Tensor, state: TrainingState, target: torch.Tensor | None = None) -> ForwardOutput:
         """x [batch, d_in] (clean) -> ForwardOutput with losses {'reconstruction'} of the clean x."""
         z = self.encode(self.training_input(x) if self.training else x)
         x_hat = self.decode(z)

@@ -1,6 +1,7 @@
 """Training losses: pure functions, each defined once, each with its formula.
 
-Shapes: x, x_hat [batch, d_in]; z [batch, d_sae]; W_dec [d_sae, d_in]. Losses return scalar
+Shapes: x, x_hat [batch, d_in]; z [batch, d_sae]; W_dec [d_sae, d_in] (for a transcoder the
+target y, its prediction ŷ and W_dec are d_out wide). Losses return scalar
 tensors that carry gradients. The metrics that summarise an evaluation are in
 `sae_kit.evaluation.metrics`.
 
@@ -82,3 +83,14 @@ def auxk_loss(
     # cost is B·k·d, not the B·d_sae·d of a dense decode.
     e_hat = F.embedding_bag(indices, W_dec, per_sample_weights=F.relu(values).to(W_dec.dtype), mode="sum")
     return normalized_mse(residual.detach(), e_hat)
+
+
+def auxk_term(residual: torch.Tensor, pre_activations: torch.Tensor, W_dec: torch.Tensor,
+              dead_mask: torch.Tensor | None, k_aux: int, coefficient: float) -> torch.Tensor | None:
+    """α · `auxk_loss` when the trainer marks dead latents and α > 0, else None (no term).
+
+    The one place the TopK models (arch topk, TopK transcoders) decide whether AuxK applies.
+    residual [batch, d_out] = target − prediction; pre_activations [batch, d_sae]."""
+    if dead_mask is None or coefficient <= 0 or not bool(dead_mask.any()):
+        return None
+    return coefficient * auxk_loss(residual, pre_activations, W_dec, dead_mask, k_aux)

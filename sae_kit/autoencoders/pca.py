@@ -38,7 +38,7 @@ class PCA(Autoencoder):
         nn.Module.__init__(self)
         check_arch(type(self), cfg)
         self.cfg = cfg
-        self.d_in, self.d_sae = cfg.d_in, cfg.d_sae
+        self.d_in, self.d_sae, self.d_out = cfg.d_in, cfg.d_sae, cfg.d_out
         self.register_buffer("W_enc", torch.zeros(cfg.d_in, cfg.d_sae))
         self.register_buffer("b_enc", torch.zeros(cfg.d_sae))
         self.register_buffer("W_dec", torch.zeros(cfg.d_sae, cfg.d_in))
@@ -62,7 +62,7 @@ class PCA(Autoencoder):
         """Fit from an accumulator filled by a pass over the data (the trainer's closed-form path)."""
         return self.fit_moments(acc.n, acc.sum_x, acc.sum_outer)
 
-    def training_loss(self, x: torch.Tensor, state: TrainingState) -> ForwardOutput:
+    def training_loss(self, x: torch.Tensor, state: TrainingState, target: torch.Tensor | None = None) -> ForwardOutput:
         """x [batch, d_in] -> ForwardOutput with losses {'reconstruction'} (no gradient: PCA is fitted)."""
         z = self.encode(x)
         x_hat = self.decode(z)

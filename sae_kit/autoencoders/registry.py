@@ -19,6 +19,7 @@ from sae_kit.autoencoders.matryoshka import MatryoshkaSparseAutoencoder
 from sae_kit.autoencoders.pca import PCA
 from sae_kit.autoencoders.sae import SparseAutoencoder
 from sae_kit.autoencoders.topk import TopKSparseAutoencoder
+from sae_kit.autoencoders.transcoder import SkipTranscoder, Transcoder
 from sae_kit.autoencoders.vae import VariationalAutoencoder
 from sae_kit.errors import SaeKitError
 
@@ -33,6 +34,8 @@ ARCHITECTURES: dict[str, type[Autoencoder]] = {cls.arch: cls for cls in (
     DenoisingAutoencoder,
     VariationalAutoencoder,
     PCA,
+    Transcoder,
+    SkipTranscoder,
 )}
 ARCHS: tuple[str, ...] = tuple(ARCHITECTURES)
 ARCH_DESCRIPTIONS: dict[str, str] = {name: cls.description for name, cls in ARCHITECTURES.items()}

@@ -5,9 +5,9 @@
     RUN/weights.safetensors   the parameters (input scale folded in: the model takes raw activations)
     ROOT/sweep.json           a sweep: {"format": "sae-kit-sweep", "runs": [{"name", "path", ...}]}
 
-`RunInfo` is the one typed view of a run's provenance (its store, hook point, language model,
-input scale); every consumer (evaluation, analysis, steering, the prompt view) reads it instead
-of digging in the JSON.
+`RunInfo` is the one typed view of a run's provenance (its store, hook point, a transcoder's
+target hook, language model, input scale); every consumer (evaluation, analysis, steering, the
+prompt view) reads it instead of digging in the JSON.
 """
 
 from __future__ import annotations
@@ -50,11 +50,18 @@ class RunInfo:
     """Whether the store's contexts start with BOS (position 0 is then never encoded)."""
     input_scale: float | None = None
     """The input scale s (E‖s·x‖ = √d_in) folded into the saved weights."""
+    target_hook: str | None = None
+    """A transcoder's target hook point as the user named it (mlp.3); None: the model reconstructs its input."""
+    target_module: str | None = None
+    """The target's name in the store and on the language model (model.layers.3.mlp)."""
+    target_scale: float | None = None
+    """The target scale s_y (E‖s_y·y‖ = √d_out) folded into the saved weights (transcoders)."""
 
     @classmethod
-    def from_metadata(cls, metadata: dict | None, hook: str | None = None) -> "RunInfo":
+    def from_metadata(cls, metadata: dict | None, hook: str | None = None,
+                      target_hook: str | None = None) -> "RunInfo":
         """From the provenance dict the trainer records (config.json's "provenance", or the
-        model config's "metadata", which holds the same keys) and the config's hook."""
+        model config's "metadata", which holds the same keys) and the config's hooks."""
         meta = metadata or {}
         model = meta.get("model")
         spec = model.get("spec") if isinstance(model, dict) else (model if isinstance(model, str) else None)
@@ -62,26 +69,32 @@ class RunInfo:
         return cls(store=meta.get("store"), hook=hook or meta.get("hook_requested"),
                    hook_module=meta.get("hook_module"), model=spec or None, model_name=name,
                    context_len=meta.get("context_len"), prepend_bos=bool(meta.get("prepend_bos", True)),
-                   input_scale=meta.get("input_scale_folded"))
+                   input_scale=meta.get("input_scale_folded"),
+                   target_hook=target_hook or meta.get("target_requested"), target_module=meta.get("target_module"),
+                   target_scale=meta.get("target_scale_folded"))
 
     @classmethod
     def of(cls, model: Autoencoder) -> "RunInfo":
         """The provenance a loaded model carries in its config."""
-        return cls.from_metadata(getattr(model.cfg, "metadata", None), getattr(model.cfg, "hook", None))
+        cfg = model.cfg
+        return cls.from_metadata(getattr(cfg, "metadata", None), getattr(cfg, "hook", None),
+                                 getattr(cfg, "target_hook", None))
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "RunInfo":
         """The provenance of a run directory."""
         payload = read_run_config(run_dir)
         auto = payload["autoencoder"]
-        return cls.from_metadata(payload.get("provenance") or auto.get("metadata"), auto.get("hook"))
+        return cls.from_metadata(payload.get("provenance") or auto.get("metadata"), auto.get("hook"),
+                                 auto.get("target_hook"))
 
     def to_metadata(self, model_identity: dict | None = None) -> dict:
         """The provenance dict as config.json stores it (`model` as the store manifest's identity)."""
         return {"store": self.store, "hook_module": self.hook_module, "hook_requested": self.hook,
                 "model": model_identity if model_identity is not None else {"spec": self.model, "name": self.model_name},
                 "context_len": self.context_len, "prepend_bos": self.prepend_bos,
-                "input_scale_folded": self.input_scale}
+                "input_scale_folded": self.input_scale, "target_module": self.target_module,
+                "target_requested": self.target_hook, "target_scale_folded": self.target_scale}
 
     # -- what consumers need, with the error that says what to pass -----------------------------
 
@@ -101,6 +114,26 @@ class RunInfo:
     def stored_hook(self) -> str | None:
         """The hook to read from the store: the module name, else the name the user gave."""
         return self.hook_module or self.hook
+
+    @property
+    def target_point(self) -> str | None:
+        """A transcoder's target hook to install on the language model (None for autoencoders)."""
+        return self.target_hook or self.target_module
+
+    @property
+    def stored_target(self) -> str | None:
+        """A transcoder's target hook to read from the store (None for autoencoders)."""
+        return self.target_module or self.target_hook
+
+    def splice_hooks(self, hook: str | None = None) -> tuple[str, str]:
+        """(read, write): where the model's input is read on the language model and where its
+        output replaces the activation. An autoencoder reads and writes its own hook; a
+        transcoder (`Autoencoder.has_target`) reads the MLP input (mlp_in.L) and writes the MLP
+        output (its target, mlp.L). `hook` overrides the input hook."""
+        read = hook or self.hook_point
+        if not read:
+            raise SaeKitError("the run does not record its hook point; name it with --hook (e.g. resid.8)")
+        return read, self.target_point or read
 
     def language_model(self, override: str | None = None) -> str:
         """The language model's spec: `override`, else the recorded one, else the store's."""

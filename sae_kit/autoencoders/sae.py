@@ -59,7 +59,7 @@ class SparseAutoencoder(Autoencoder):
     def schedule_metrics(self, state: TrainingState) -> dict[str, float]:
         return {"l1_coefficient": self.l1_coefficient(state)}
 
-    def training_loss(self, x: torch.Tensor, state: TrainingState) -> ForwardOutput:
+    def training_loss(self, x: torch.Tensor, state: TrainingState, target: torch.Tensor | None = None) -> ForwardOutput:
         """x [batch, d_in] -> ForwardOutput with losses {'reconstruction', 'l1'}."""
         lam = self.l1_coefficient(state)
         if self.fused and torch.is_grad_enabled() and x.dim() == 2:

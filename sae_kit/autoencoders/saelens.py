@@ -26,9 +26,17 @@ is the estimated θ for every latent (so it imports back as 'jumprelu' and encod
 
 Hook names are translated between our aliases and TransformerLens names:
 resid.L <-> blocks.L.hook_resid_post, mlp.L <-> blocks.L.hook_mlp_out,
-attn.L <-> blocks.L.hook_attn_out (blocks.L.hook_resid_pre = resid.(L−1)).
+attn.L <-> blocks.L.hook_attn_out (blocks.L.hook_resid_pre = resid.(L−1)),
+mlp_in.L <-> blocks.L.ln2.hook_normalized (the MLP's input after its norm; SAELens' transcoder
+releases also name it blocks.L.mlp.hook_in).
 Assumption, documented: SAELens' ReLU "standard" SAE computes the same function as our 'sae',
 'ae' and 'dae' models; its "topk" applies ReLU to the top-k pre-activations, as ours does.
+
+What differs between architectures comes from the class, never from its name: its SAELens
+fields (`saelens_fields`: activation, k, d_out …), its tensors (`saelens_tensors` /
+`load_saelens_tensors`: a skip transcoder's W_skip), whether its encoder subtracts b_dec
+(`apply_b_dec_to_input`, False for transcoders), and a transcoder's target hook, written as
+SAELens' `hook_name_out`.
 """
 
 from __future__ import annotations
@@ -52,11 +60,15 @@ from sae_kit.errors import SaeKitError
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 
-_ALIAS = re.compile(r"^(resid|mlp|attn)\.(\d+)$")
+_ALIAS = re.compile(r"^(resid|mlp_in|mlp|attn)\.(\d+)$")
 _LAYER_MODULE = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)$")
-_TL_HOOK = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|resid_pre|mlp_out|attn_out)$")
-_TL_OF_ALIAS = {"resid": "hook_resid_post", "mlp": "hook_mlp_out", "attn": "hook_attn_out"}
-_ALIAS_OF_TL = {"resid_post": "resid", "mlp_out": "mlp", "attn_out": "attn"}
+_MLP_MODULE = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.mlp(:input)?$")
+_TL_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_post|hook_resid_pre|hook_mlp_out|hook_attn_out|ln2\.hook_normalized"
+                      r"|mlp\.hook_in)$")
+_TL_OF_ALIAS = {"resid": "hook_resid_post", "mlp": "hook_mlp_out", "attn": "hook_attn_out",
+                "mlp_in": "ln2.hook_normalized"}
+_ALIAS_OF_TL = {"hook_resid_post": "resid", "hook_mlp_out": "mlp", "hook_attn_out": "attn",
+                "ln2.hook_normalized": "mlp_in", "mlp.hook_in": "mlp_in"}
 
 
 def to_transformerlens_hook(hook: str | None) -> tuple[str | None, int | None]:
@@ -71,18 +83,22 @@ def to_transformerlens_hook(hook: str | None) -> tuple[str | None, int | None]:
     if block:  # a decoder block's module name: its output is the residual stream after it
         layer = int(block.group(1))
         return f"blocks.{layer}.hook_resid_post", layer
+    mlp = _MLP_MODULE.search(hook)
+    if mlp:  # an MLP module's output, or its input (MODULE:input)
+        layer = int(mlp.group(1))
+        return f"blocks.{layer}.{_TL_OF_ALIAS['mlp_in' if mlp.group(2) else 'mlp']}", layer
     return hook, None
 
 
 def from_transformerlens_hook(hook_name: str | None) -> str | None:
-    """TransformerLens hook name -> our alias (resid.L, mlp.L, attn.L) where one exists."""
+    """TransformerLens hook name -> our alias (resid.L, mlp.L, attn.L, mlp_in.L) where one exists."""
     if not hook_name:
         return None
     match = _TL_HOOK.match(hook_name)
     if not match:
         return hook_name
     layer, kind = int(match.group(1)), match.group(2)
-    if kind == "resid_pre":
+    if kind == "hook_resid_pre":
         return f"resid.{layer - 1}" if layer > 0 else hook_name
     return f"{_ALIAS_OF_TL[kind]}.{layer}"
 
@@ -105,19 +121,21 @@ def export_saelens(model: Autoencoder | str | Path, out_dir: str | Path, *, mode
     meta = cfg.metadata or {}
     info = RunInfo.of(model)
     tl_hook, layer = to_transformerlens_hook(cfg.hook or info.hook_module)
+    target = {"hook_name_out": to_transformerlens_hook(info.target_point)[0]} if info.target_point else {}
     saelens_cfg = {
         "architecture": architecture,
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
         "dtype": "float32",
         "device": "cpu",
-        "apply_b_dec_to_input": True,
+        "apply_b_dec_to_input": model.apply_b_dec_to_input,
         "normalize_activations": "none",  # the E‖x‖ = √d scale is folded into the weights
         "reshape_activations": "none",
         **model.saelens_fields(),
         "finetuning_scaling_factor": False,
         "model_name": model_name or info.model_name or info.model or "unknown",
         "hook_name": hook_name or tl_hook or "unknown",
+        **target,
         "hook_layer": layer if layer is not None else -1,
         "hook_head_index": None,
         "prepend_bos": info.prepend_bos,
@@ -126,7 +144,7 @@ def export_saelens(model: Autoencoder | str | Path, out_dir: str | Path, *, mode
         "model_from_pretrained_kwargs": {},
         "neuronpedia_id": None,
         "sae_lens_training_version": None,
-        "sae_kit": {"arch": cfg.arch, "hook": cfg.hook, "metadata": meta},
+        "sae_kit": {"arch": cfg.arch, "hook": cfg.hook, "target_hook": cfg.target_hook, "metadata": meta},
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,10 +158,10 @@ def import_saelens(path: str | Path, device: str | torch.device | None = None,
                    norm_scaling_factor: float | None = None) -> Autoencoder:
     """Load a SAELens SAE directory (cfg.json + sae_weights.safetensors) as our model, taking raw
     activations. The first registered class whose `from_saelens_config` reads the cfg.json builds
-    it and `load_saelens_tensors` fills it. Folded exactly: apply_b_dec_to_input = false
-    (`absorb_input_offset_(b_dec)`: b_enc ← b_enc + b_dec W_enc), a finetuning scaling factor s
-    (W_dec ← diag(s) W_dec), and normalize_activations = 'expected_average_only_in' when
-    `norm_scaling_factor` is given (SAELens keeps that factor outside the files)."""
+    it and `load_saelens_tensors` fills it. Folded exactly: an apply_b_dec_to_input other than the
+    class' (`absorb_input_offset_`: b_enc ← b_enc + (a_ours − a_theirs) b_dec W_enc), a finetuning
+    scaling factor s (W_dec ← diag(s) W_dec), and normalize_activations = 'expected_average_only_in'
+    when `norm_scaling_factor` is given (SAELens keeps that factor outside the files)."""
     path = Path(path)
     try:
         raw = json.loads((path / SAELENS_CFG).read_text())
@@ -174,7 +192,10 @@ def import_saelens(path: str | Path, device: str | torch.device | None = None,
         raise SaeKitError(f"{weights_file} lacks W_enc")
     d_in, d_sae = state["W_enc"].shape
     hook = from_transformerlens_hook(meta.get("hook_name") or meta.get("hook_point"))
-    cfg = AutoencoderConfig(arch=cls.arch, d_in=d_in, d_sae=d_sae, **{"decoder_norm": "free", **arch_fields}, hook=hook,
+    target_hook = from_transformerlens_hook(meta.get("hook_name_out"))
+    d_out = state["W_dec"].shape[1] if "W_dec" in state else d_in
+    cfg = AutoencoderConfig(arch=cls.arch, d_in=d_in, d_sae=d_sae, d_out=d_out,
+                            **{"decoder_norm": "free", **arch_fields}, hook=hook, target_hook=target_hook,
                             metadata={"source": "saelens", "path": str(path.resolve()), "saelens_cfg": raw})
     model = build_autoencoder(cfg)
     try:
@@ -184,8 +205,12 @@ def import_saelens(path: str | Path, device: str | torch.device | None = None,
     except RuntimeError as err:  # copy_ of a wrongly shaped tensor
         raise SaeKitError(f"{weights_file}: a tensor has the wrong shape for d_in={d_in}, d_sae={d_sae} ({err})") from None
     with torch.no_grad():
-        if not raw.get("apply_b_dec_to_input", True):  # z = f(x W_enc + b_enc) = f((x − b_dec) W_enc + b_enc + b_dec W_enc)
-            model.absorb_input_offset_(model.b_dec.detach().clone())
+        # their pre = (x − a b_dec) W_enc + b_enc with a = apply_b_dec_to_input; ours the same with our a
+        theirs, ours = bool(raw.get("apply_b_dec_to_input", True)), bool(model.apply_b_dec_to_input)
+        if theirs != ours:
+            if model.b_dec.shape[0] != d_in:
+                raise SaeKitError(f"{path}: apply_b_dec_to_input={theirs} with d_out ≠ d_in cannot be folded")
+            model.absorb_input_offset_((int(ours) - int(theirs)) * model.b_dec.detach().clone())
         scaling = state.get("finetuning_scaling_factor", state.get("scaling_factor"))
         if scaling is not None:
             model.W_dec.mul_(scaling[:, None])

@@ -13,8 +13,23 @@ import torch
 import torch.nn.functional as F
 
 from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState
-from sae_kit.autoencoders.losses import auxk_loss, reconstruction_loss
+from sae_kit.autoencoders.losses import auxk_term, reconstruction_loss
 from sae_kit.errors import SaeKitError
+
+
+def topk_activation(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """ReLU of the k largest pre-activations scattered into zeros: [..., d_sae] -> [..., d_sae]
+    (Gao et al. 2024; shared by arch topk and TopK transcoders)."""
+    values, indices = pre.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter_(-1, indices, F.relu(values))
+
+
+def check_k(cfg, what: str) -> None:
+    """A TopK model's k: given, and between 1 and d_sae (`what` names the model in the error)."""
+    if cfg.k is None:
+        raise SaeKitError(f"{what} needs k (active latents per token), e.g. --k 32")
+    if not 1 <= cfg.k <= cfg.d_sae:
+        raise SaeKitError(f"k must be between 1 and d_sae={cfg.d_sae} (got {cfg.k})")
 
 
 class TopKSparseAutoencoder(Autoencoder):
@@ -32,10 +47,7 @@ class TopKSparseAutoencoder(Autoencoder):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        if cfg.k is None:
-            raise SaeKitError("arch 'topk' needs k (active latents per token), e.g. --k 32")
-        if not 1 <= cfg.k <= cfg.d_sae:
-            raise SaeKitError(f"k must be between 1 and d_sae={cfg.d_sae} (got {cfg.k})")
+        check_k(cfg, f"arch {cls.arch!r}")
 
     def saelens_fields(self) -> dict:
         return {"activation_fn": "topk", "activation_fn_kwargs": {"k": self.cfg.k}, "k": self.cfg.k}
@@ -61,22 +73,20 @@ class TopKSparseAutoencoder(Autoencoder):
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         """ReLU of the k largest pre-activations scattered into zeros: [..., d_sae] -> [..., d_sae]."""
-        values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre).scatter_(-1, indices, F.relu(values))
+        return topk_activation(pre, self.cfg.k)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """z [..., d_sae] for raw activations x [..., d_in]."""
         return self.activation(self.pre_activation(x))
 
-    def training_loss(self, x: torch.Tensor, state: TrainingState) -> ForwardOutput:
+    def training_loss(self, x: torch.Tensor, state: TrainingState, target: torch.Tensor | None = None) -> ForwardOutput:
         """x [batch, d_in] -> ForwardOutput with losses {'reconstruction'} and, when the state marks
-        dead latents and α > 0, 'auxk'."""
+        dead latents and α > 0, 'auxk'. (`target`: unused, an SAE reconstructs x.)"""
         pre = self.pre_activation(x)
         z = self.activation(pre)
         x_hat = self.decode(z)
         terms = {"reconstruction": reconstruction_loss(x, x_hat)}
-        dead = state.dead_mask
-        if dead is not None and self.cfg.auxk_coefficient > 0 and bool(dead.any()):
-            aux = auxk_loss(x - x_hat, pre, self.W_dec, dead, self.cfg.k_aux)
-            terms["auxk"] = self.cfg.auxk_coefficient * aux
+        aux = auxk_term(x - x_hat, pre, self.W_dec, state.dead_mask, self.cfg.k_aux, self.cfg.auxk_coefficient)
+        if aux is not None:
+            terms["auxk"] = aux
         return ForwardOutput(x_hat=x_hat, z=z, losses=terms, loss=sum(terms.values()))

@@ -44,7 +44,7 @@ class VariationalAutoencoder(Autoencoder):
         """μ of latents `features`: u + b_enc[features]."""
         return u + self.b_enc[features]
 
-    def training_loss(self, x: torch.Tensor, state: TrainingState) -> ForwardOutput:
+    def training_loss(self, x: torch.Tensor, state: TrainingState, target: torch.Tensor | None = None) -> ForwardOutput:
         """x [batch, d_in] -> ForwardOutput with losses {'reconstruction', 'kl'} (kl weighted by β)."""
         mu = self.encode(x)
         logvar = self.log_variance(x)

@@ -17,13 +17,14 @@ HARVEST_NAMES = {"hooks": "hook", "dtype": "store_dtype"}
 EXAMPLES = """examples:
   sae-kit harvest --hook resid.8 --tokens 250000 --out runs/store
   sae-kit harvest --hook resid.6 --hook mlp.6 --store-dtype bfloat16 --out runs/store6
+  sae-kit harvest --hook mlp_in.8 --hook mlp.8 --out runs/store-mlp   # a transcoder's input and target, one pass
   sae-kit harvest --model gpt2 --dataset NeelNanda/pile-10k --hook resid.8 --tokens 2M --out runs/gpt2-store
   sae-kit harvest --out runs/store --resume
 """
 
 
 def register(subparsers) -> None:
-    hooks = subparsers.add_parser("hooks", help="list every hookable module of a model with its output shape")
+    hooks = subparsers.add_parser("hooks", help="list every hookable module of a model (and the MLP inputs) with its shape")
     add_config_flags(hooks, HarvestConfig, skip=tuple(f for f in HarvestConfig.__dataclass_fields__
                                                      if f not in ("model", "device", "model_dtype")))
     hooks.set_defaults(func=run_hooks)
@@ -44,7 +45,7 @@ def register(subparsers) -> None:
 
 
 def run_hooks(args: argparse.Namespace) -> int:
-    cfg = config_from_args(HarvestConfig, args, base={"out": ""})  # only the model fields are flags here
+    cfg = config_from_args(HarvestConfig, args, base={"out": "-"})  # only the model fields are flags here
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.model_dtype)
     print(format_hook_points(list_hook_points(loaded.model)))
     return 0

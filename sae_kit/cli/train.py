@@ -20,10 +20,11 @@ EXAMPLES = """examples:
   sae-kit train --store runs/store --out runs/all --arch sae,topk,ae,dae,vae,pca --k 32
   sae-kit train --store runs/store --out runs/archs --arch batchtopk,jumprelu,gated,matryoshka --k 32 \
       --l0-coefficient 1 --l1 2 --matryoshka-prefixes 128,512,2048
+  sae-kit train --store runs/store-mlp --hook mlp_in.8 --target mlp.8 --arch skip-transcoder --out runs/tc
   sae-kit train --out runs/sae --resume
 
 architectures:
-""" + "\n".join(f"  {name:<10} {text}" for name, text in ARCH_DESCRIPTIONS.items()) + "\n"
+""" + "\n".join(f"  {name:<16} {text}" for name, text in ARCH_DESCRIPTIONS.items()) + "\n"
 
 
 def register(subparsers) -> None:

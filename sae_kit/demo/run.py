@@ -89,6 +89,16 @@ class DemoConfig(JsonConfig):
     quick: bool = False
     """A reduced run (used by the tests): see `quick_config`."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("tokens", "context_len", "expansion", "baseline_latents", "train_tokens", "ce_contexts",
+                     "dashboard_features", "gallery_features", "steer_features", "max_new_tokens"):
+            if getattr(self, name) < (0 if name == "ce_contexts" else 1):
+                raise SaeKitError(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
+        for name in ("work", "report"):
+            if Path(getattr(self, name)).is_file():
+                raise SaeKitError(f"--{name} {getattr(self, name)} is a file; name a directory")
+
 
 def quick_config(**overrides) -> DemoConfig:
     """The demo shrunk to run in under 3 minutes on 2 cores (most of it loading the model)."""

@@ -13,6 +13,10 @@ Definitions (formulas in `sae_kit.evaluation.metrics`, which this module only ac
 - Core set of SAELens / SAEBench (`sae_kit.evaluation.core`, in the same pass): cosine, L2
   ratio, relative reconstruction bias, legacy explained variance, densities, weight geometry.
 - Suites (`sae_kit.evaluation.suites`): --suite probing (sparse probing), absorption.
+- Transcoders (`RunInfo.target_point`): the reconstruction metrics compare the prediction ŷ with
+  the target y (the MLP's output), read from the same store rows as the input x; the spliced
+  model replaces the MLP's OUTPUT with ŷ computed from the MLP's INPUT in the same forward pass,
+  and the ablations zero / mean-ablate the MLP's output.
 """
 
 from __future__ import annotations
@@ -114,6 +118,7 @@ class ReconstructionStats:
     """Running sums over eval batches, in float64, from which every reconstruction metric follows."""
 
     def __init__(self, d_in: int, d_sae: int):
+        """d_in: the width of what is reconstructed (a transcoder's d_out)."""
         self.n = 0
         self.sse = 0.0  # Σ ‖x − x̂‖²
         self.sum_sq = 0.0  # Σ ‖x‖²
@@ -157,16 +162,18 @@ class ReconstructionStats:
 
 
 @torch.no_grad()
-def reconstruction_stats(models: dict[str, Autoencoder], batches: Iterable[torch.Tensor]) -> tuple[dict, torch.Tensor]:
+def reconstruction_stats(models: dict[str, Autoencoder], batches: Iterable) -> tuple[dict, torch.Tensor]:
     """One pass over eval batches [n, d_in] for several models at once: name -> ReconstructionStats,
-    and the eval-set mean x̄ [d_in] (for mean ablation)."""
-    stats = {name: ReconstructionStats(m.d_in, m.d_sae) for name, m in models.items()}
+    and the eval-set mean x̄ [d_in] (for mean ablation). Batches of pairs (x [n, d_in], y [n, d_out])
+    score transcoders: the statistics (and the mean) are those of y against ŷ(x)."""
+    stats = {name: ReconstructionStats(m.d_out, m.d_sae) for name, m in models.items()}
     mean = None
-    for x in batches:
+    for batch in batches:
+        x, y = batch if isinstance(batch, tuple) else (batch, batch)
         for name, model in models.items():
-            x_dev = x.to(model.W_dec.device)
+            x_dev, y_dev = x.to(model.W_dec.device), y.to(model.W_dec.device)
             z = model.encode(x_dev)
-            stats[name].update(x_dev, model.decode(z), z)
+            stats[name].update(y_dev, model.predict(z, x_dev), z)
             mean = stats[name].mean
     if not stats or next(iter(stats.values())).n == 0:
         raise SaeKitError("the store's eval split is empty; harvest more contexts (every 20th is held out)")
@@ -176,12 +183,15 @@ def reconstruction_stats(models: dict[str, Autoencoder], batches: Iterable[torch
 # ----------------------------------------------------------------------------- spliced model
 
 
-def splice_reconstruction(model: Autoencoder, keep_first: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """hidden [b, seq, d] -> hidden with x̂ = decode(encode(hidden)) in place of every position
-    (but position 0 when `keep_first`, the BOS the SAE never saw)."""
+def splice_reconstruction(model: Autoencoder, keep_first: bool) -> Callable[..., torch.Tensor]:
+    """(hidden [b, seq, d_out], source [b, seq, d_in]) -> hidden with x̂ = reconstruct(source) in
+    place of every position (but position 0 when `keep_first`, the BOS the SAE never saw). For an
+    autoencoder source is hidden itself (the default); for a transcoder hidden is the MLP's
+    output and source its input (`sae_kit.lm.hooks.intervene` with `read`)."""
 
-    def replace(hidden: torch.Tensor) -> torch.Tensor:
-        x_hat = model.decode(model.encode(hidden.to(model.W_dec.dtype))).to(hidden.dtype)
+    def replace(hidden: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        source = hidden if source is None else source
+        x_hat = model.reconstruct(source.to(model.W_dec.dtype)).to(hidden.dtype)
         return _keep_first(hidden, x_hat, keep_first)
 
     return replace
@@ -226,11 +236,14 @@ class SplicedStats:
 
 @torch.no_grad()
 def spliced_metrics(lm, module_name: str, contexts: torch.Tensor, models: dict[str, Autoencoder],
-                    mean: torch.Tensor, keep_first: bool, batch_size: int = 8) -> dict[str, dict]:
+                    mean: torch.Tensor, keep_first: bool, batch_size: int = 8, *,
+                    read: str | None = None) -> dict[str, dict]:
     """CE clean / spliced / zero- and mean-ablated, CE loss recovered, ΔCE and KL for each model.
 
-    lm: a Hugging Face causal LM; module_name: the hooked module; contexts [n, seq] token ids.
-    Returns name -> metrics. The clean and ablated passes are shared by all models.
+    lm: a Hugging Face causal LM; module_name: the hook point replaced (and ablated);
+    read: the hook point the models encode, if another (a transcoder's MLP input, module_name
+    being the MLP's output); contexts [n, seq] token ids. Returns name -> metrics. The clean and
+    ablated passes are shared by all models.
     """
     device = next(lm.parameters()).device
     clean, zero, mean_abl = SplicedStats(), SplicedStats(), SplicedStats()
@@ -245,7 +258,7 @@ def spliced_metrics(lm, module_name: str, contexts: torch.Tensor, models: dict[s
             with intervene(lm, module_name, fn):
                 stats.update(tokens, lm(input_ids=tokens, use_cache=False).logits, clean_logits)
         for name, model in models.items():
-            with intervene(lm, module_name, splice_reconstruction(model, keep_first)):
+            with intervene(lm, module_name, splice_reconstruction(model, keep_first), read=read or module_name):
                 spliced[name].update(tokens, lm(input_ids=tokens, use_cache=False).logits, clean_logits)
     results = {}
     for name, stats in spliced.items():
@@ -291,13 +304,18 @@ def evaluate(cfg: EvalConfig, *, lm=None) -> dict[str, dict]:
     store_path = info.store_path(cfg.store)
     store = ActivationStore(store_path)
     hook = store.resolve_hook_name(info.stored_hook)
+    target = store.resolve_hook_name(info.stored_target) if info.stored_target else None  # transcoders
     device = lm.device if lm is not None else choose_device(cfg.device)
     models = {name: load_autoencoder(path, device=device) for name, path in dirs.items()}
     for name, model in models.items():
         if model.d_in != store.d_in(hook):
             raise SaeKitError(f"{name} takes d_in={model.d_in} but {hook} in {store_path} has d={store.d_in(hook)}")
+        if model.d_out != store.d_in(target or hook):
+            raise SaeKitError(f"{name} outputs d_out={model.d_out} but {target or hook} in {store_path} has "
+                              f"d={store.d_in(target or hook)}")
 
-    batches = store.batches(hook, cfg.batch_size, shuffle=False, split="eval", epochs=1, drop_last=False, device=device)
+    batches = store.batches(hook if target is None else (hook, target), cfg.batch_size, shuffle=False, split="eval",
+                            epochs=1, drop_last=False, device=device)
     stats, mean = reconstruction_stats(models, _capped(batches, cfg.eval_tokens))
     results = {name: {"run": str(dirs[name]), "name": name, "arch": models[name].arch, "d_sae": models[name].d_sae,
                       "store": str(Path(store_path).resolve()), "hook": hook, "split": "eval",
@@ -307,8 +325,11 @@ def evaluate(cfg: EvalConfig, *, lm=None) -> dict[str, dict]:
         sums = stats[name]
         result["core"] = core_metrics(models[name], sums.core, sums.fire_counts, sums.n,
                                       result["reconstruction"]["explained_variance"], dirs[name])
+        if target is not None:
+            result["target"] = target
     language = LanguageModelSource(cfg.model, store, lm, device)
-    skipped = _add_spliced(cfg, results, models, store, hook, mean, language) if cfg.ce_contexts > 0 else "--ce-contexts 0"
+    skipped = (_add_spliced(cfg, results, models, store, hook, mean, language, target=target)
+               if cfg.ce_contexts > 0 else "--ce-contexts 0")
     run_suites(cfg, results, models, store, hook, language)
     for name, result in results.items():
         if skipped:
@@ -317,21 +338,24 @@ def evaluate(cfg: EvalConfig, *, lm=None) -> dict[str, dict]:
         result["eval_config"] = asdict(cfg)
         atomic_write_json(dirs[name] / EVAL_FILE, result)
     table = results_table(results)
-    atomic_write_text(Path(cfg.run, TABLE_FILE), f"# Evaluation of {cfg.run}\n\nHeld-out split of {store_path} at {hook}.\n\n"
+    where = f"{hook}" + (f", predicting {target}" if target else "")
+    atomic_write_text(Path(cfg.run, TABLE_FILE), f"# Evaluation of {cfg.run}\n\nHeld-out split of {store_path} at {where}.\n\n"
                                                   f"{table}\n\n{suite_tables(results)}")
     print(table)
     return results
 
 
 def _add_spliced(cfg: EvalConfig, results: dict, models: dict, store: ActivationStore, hook: str,
-                 mean: torch.Tensor, language: LanguageModelSource) -> str | None:
-    """Add the spliced-model metrics to `results`; returns why they were skipped, or None."""
+                 mean: torch.Tensor, language: LanguageModelSource, target: str | None = None) -> str | None:
+    """Add the spliced-model metrics to `results`; returns why they were skipped, or None.
+    With a `target` (transcoders) the models read `hook` and their output replaces `target`."""
     try:
         lm = language.get()
-        module_name = resolve_hooks(lm.model, [hook])[0]
+        read = resolve_hooks(lm.model, [hook])[0]
+        write = resolve_hooks(lm.model, [target])[0] if target else read
         contexts = held_out_contexts(store, hook, cfg.ce_contexts)
         keep_first = bool(store.manifest.get("prepend_bos", True))
-        spliced = spliced_metrics(lm.model, module_name, contexts, models, mean, keep_first, cfg.ce_batch_size)
+        spliced = spliced_metrics(lm.model, write, contexts, models, mean, keep_first, cfg.ce_batch_size, read=read)
     except SaeKitError as err:
         print(f"sae-kit evaluate: spliced-model metrics skipped: {err}", file=sys.stderr)
         return str(err)
@@ -342,14 +366,17 @@ def _add_spliced(cfg: EvalConfig, results: dict, models: dict, store: Activation
 
 
 def _capped(batches, max_tokens: int | None):
+    """The batches (tensors, or tuples of tensors of the same rows) cut at `max_tokens` rows."""
     seen = 0
-    for x in batches:
-        if max_tokens is not None and seen + x.shape[0] > max_tokens:
-            x = x[: max_tokens - seen]
-        if x.shape[0] == 0:
+    for batch in batches:
+        n = (batch[0] if isinstance(batch, tuple) else batch).shape[0]
+        if max_tokens is not None and seen + n > max_tokens:
+            n = max_tokens - seen
+            batch = tuple(t[:n] for t in batch) if isinstance(batch, tuple) else batch[:n]
+        if n == 0:
             break
-        seen += x.shape[0]
-        yield x
+        seen += n
+        yield batch
         if max_tokens is not None and seen >= max_tokens:
             break
     close = getattr(batches, "close", None)

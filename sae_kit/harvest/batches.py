@@ -3,7 +3,10 @@ and prefetched on a background thread.
 
 The plan decides, for every batch, which (shard, row) pairs it holds, without reading any
 activation; the gatherer loads only the shards the current buffer group needs, so memory is
-bounded by the shuffle buffer, and batches skipped on resume are never loaded.
+bounded by the shuffle buffer, and batches skipped on resume are never loaded. One plan can
+gather several hooks at once (a transcoder's input and target): their rows are the same
+(context, position) pairs, in the same order, because every hook of a shard comes from the same
+forward pass.
 """
 
 from __future__ import annotations
@@ -51,10 +54,14 @@ def batch_plan(store, batch_size, shuffle, seed, split, skip_bos, epochs, buffer
         epoch += 1
 
 
-def gather_batches(store, hook, plan, skip_batches, device, dtype) -> Iterator[torch.Tensor]:
+def gather_batches(store, hook, plan, skip_batches, device, dtype) -> Iterator[torch.Tensor | tuple[torch.Tensor, ...]]:
     """The planned batches [batch_size, d] as tensors: each buffer group's shards loaded once (its
-    first `skip_batches` batches skipped without loading), moved to `device` (pinned on CUDA)."""
-    loaded: dict[int, torch.Tensor] = {}
+    first `skip_batches` batches skipped without loading), moved to `device` (pinned on CUDA).
+
+    `hook` is one stored hook name (yields tensors) or a tuple of them (yields a tuple of
+    tensors per batch, one per hook, row i of each being the same token)."""
+    hooks = (hook,) if isinstance(hook, str) else tuple(hook)
+    loaded: dict[int, dict[str, torch.Tensor]] = {}
     seen = 0
     for batches in plan:
         if seen + len(batches) <= skip_batches:
@@ -66,18 +73,26 @@ def gather_batches(store, hook, plan, skip_batches, device, dtype) -> Iterator[t
                 del loaded[s]  # keep memory bounded by the shuffle buffer
         for s in needed:
             if s not in loaded:
-                loaded[s] = store.load_shard(s)[hook]
+                tensors = store.load_shard(s)
+                loaded[s] = {h: tensors[h] for h in hooks}  # only the hooks asked for stay in memory
         for shard_ids, rows in batches:
             seen += 1
             if seen <= skip_batches:
                 continue
-            out = torch.empty(len(rows), store.d_in(hook), dtype=dtype)
-            for s in shard_ids.unique().tolist():
-                where = shard_ids == s
-                out[where] = loaded[s][rows[where]].to(dtype)
-            if device is not None and str(device) != "cpu":
-                out = out.pin_memory().to(device, non_blocking=True)
-            yield out
+            outs = tuple(_gather_rows(loaded, h, shard_ids, rows, store.d_in(h), dtype, device) for h in hooks)
+            yield outs[0] if isinstance(hook, str) else outs
+
+
+def _gather_rows(loaded: dict, hook: str, shard_ids: torch.Tensor, rows: torch.Tensor, d: int, dtype,
+                 device) -> torch.Tensor:
+    """One hook's activations [len(rows), d] of a planned batch, on `device`."""
+    out = torch.empty(len(rows), d, dtype=dtype)
+    for s in shard_ids.unique().tolist():
+        where = shard_ids == s
+        out[where] = loaded[s][hook][rows[where]].to(dtype)
+    if device is not None and str(device) != "cpu":
+        out = out.pin_memory().to(device, non_blocking=True)
+    return out
 
 
 def prefetched(generator: Iterator[torch.Tensor], depth: int) -> Iterator[torch.Tensor]:

@@ -42,7 +42,8 @@ class HarvestConfig(JsonConfig):
     model: str = "default"
     """'default' (embedded SmolLM2-135M), a local HF directory, a .gguf file or a hub id."""
     hooks: tuple[str, ...] = ("resid.8",)
-    """Module names, globs or aliases (resid.L, mlp.L, attn.L); repeat for several: all share one forward pass."""
+    """Module names, globs or aliases (resid.L, mlp.L, attn.L, mlp_in.L = an MLP's input); repeat for
+    several: all share one forward pass."""
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
     """Which documents to read."""
     tokens: int = 250_000
@@ -67,6 +68,8 @@ class HarvestConfig(JsonConfig):
         for name in ("tokens", "context_len", "shard_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise SaeKitError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.context_len < 2:
+            raise SaeKitError(f"context length {self.context_len} is too short; use at least 2 (BOS and one token)")
         if not self.hooks:
             raise SaeKitError("give at least one --hook (e.g. resid.8); `sae-kit hooks` lists them")
 

@@ -214,7 +214,7 @@ class ActivationStore:
 
     def batches(
         self,
-        hook: str,
+        hook: str | tuple[str, ...],
         batch_size: int,
         *,
         shuffle: bool = True,
@@ -228,8 +228,12 @@ class ActivationStore:
         dtype: torch.dtype = torch.float32,
         drop_last: bool = True,
         prefetch: int = 2,
-    ) -> Iterator[torch.Tensor]:
+    ) -> Iterator[torch.Tensor] | Iterator[tuple[torch.Tensor, ...]]:
         """Batches [batch_size, d] of activations, deterministic given `seed`.
+
+        `hook` may be a tuple of hooks: each batch is then a tuple with one tensor [batch_size, d_h]
+        per hook, the rows of all of them the same tokens (the same plan gathers every hook;
+        a transcoder's input x and target y, e.g. ``("model.layers.3.mlp:input", "model.layers.3.mlp")``).
 
         Shuffling: each epoch visits shards in a seeded random order, `shuffle_buffer_shards`
         at a time; the rows of those shards (plus the few left over from the previous group)
@@ -238,7 +242,8 @@ class ActivationStore:
         for the skipped batches but their activations are never loaded. A background thread
         keeps `prefetch` batches ready so the consumer never waits on disk.
         """
-        self._hook(hook)
+        for name in (hook,) if isinstance(hook, str) else hook:
+            self._hook(name)
         plan = batch_plan(self, batch_size, shuffle, seed, split, skip_bos, epochs, shuffle_buffer_shards, drop_last)
         gen = gather_batches(self, hook, plan, skip_batches, device, dtype)
         return prefetched(gen, prefetch) if prefetch > 0 else gen

@@ -7,10 +7,10 @@
 """
 
 from sae_kit.steering.generate import GenerateOptions, encode_prompt, generate
-from sae_kit.steering.hook import Intervention, SteeringHook, attach, hook_module, parse_values, steer
+from sae_kit.steering.hook import Intervention, SteeringHook, attach, hook_module, hook_modules, parse_values, steer
 from sae_kit.steering.report import format_side_by_side, write_report
 from sae_kit.steering.sweep import SteeringResult, compare, load_result, run_steering, steering_sweep
 
 __all__ = ["GenerateOptions", "Intervention", "SteeringHook", "SteeringResult", "attach", "compare", "encode_prompt",
-           "format_side_by_side", "generate", "hook_module", "load_result", "parse_values", "run_steering", "steer",
-           "steering_sweep", "write_report"]
+           "format_side_by_side", "generate", "hook_module", "hook_modules", "load_result", "parse_values",
+           "run_steering", "steer", "steering_sweep", "write_report"]

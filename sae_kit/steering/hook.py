@@ -8,6 +8,10 @@ Monosemanticity", feature steering):
 - ablate feature i:       clamp to 0;
 - add α times feature i:  x' = x + α · W_dec,i               (the additive steering vector).
 
+Transcoders steer the same way at the activation they predict, the MLP's output, with z read
+from the MLP's input in the same forward pass (`RunInfo.splice_hooks`): out' = out + (c − z_i(x))
+· W_dec,i, x the MLP input, so the transcoder's error (out − ŷ(x)) is kept as well.
+
 Values are absolute, or multiples of the feature's maximum activation over the store (``10x``,
 ``-5x``). Templeton et al. found −10 … 10 useful on a large model; in our runs on SmolLM2-135M
 the text stayed fluent only up to about 1.5×, so sweep first. Interventions combine: all clamps
@@ -151,7 +155,9 @@ def absolute_value(intervention: Intervention, max_activation: torch.Tensor | No
 
 
 class SteeringHook:
-    """The function installed at the hook point: hidden [batch, seq, d_in] -> steered hidden.
+    """The function installed at the hook point: hidden [batch, seq, d_in] -> steered hidden
+    (for a transcoder: (hidden [batch, seq, d_out], source [batch, seq, d_in]) -> steered hidden,
+    z read from `source`, the MLP input; `attach` passes both).
 
     Low-level form (tensors); most callers use `SteeringHook.build` or `steer`.
     - clamp_features [k] (long) with clamp_values broadcastable to [..., k]: z_F is set to the
@@ -181,6 +187,9 @@ class SteeringHook:
             raise SaeKitError(f"positions must be one of {', '.join(POSITIONS)} (got {positions!r})")
         self.sae = sae
         self.d_in = int(sae.W_dec.shape[1])
+        """Width of the steered activation (the decoder's output, a transcoder's d_out)."""
+        self.d_source = int(sae.W_enc.shape[0])
+        """Width of the activation z is encoded from (the model's d_in)."""
         self.positions = positions
         self.prompt_len = prompt_len
         self.skip_bos = skip_bos
@@ -267,20 +276,27 @@ class SteeringHook:
         return self.encode_clamped(x.to(self.sae.W_dec.device)).to(x.device)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """x' − x [..., d_in]: Σ_{i clamped} (c_i − z_i) W_dec,i + add_vector."""
+        """x' − x [..., d_out] for the encoded activation x [..., d_in]: Σ_{i clamped} (c_i − z_i(x))
+        W_dec,i + add_vector (d_out = d_in but for transcoders, whose x is the MLP input)."""
         x = x.to(self.W_dec_F.dtype if self.features is not None else self.add_vector.dtype)
-        out = torch.zeros_like(x) if self.add_vector is None else self.add_vector.expand_as(x)
+        shape = (*x.shape[:-1], self.d_in)
+        out = x.new_zeros(shape) if self.add_vector is None else self.add_vector.expand(shape)
         if self.features is not None:
             shift = self.clamp_values - self.feature_values(x)  # [..., k]
-            out = out + (shift.reshape(-1, shift.shape[-1]) @ self.W_dec_F).reshape(x.shape)
+            out = out + (shift.reshape(-1, shift.shape[-1]) @ self.W_dec_F).reshape(shape)
         return out
 
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+    def __call__(self, hidden: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [batch, seq, d_out] steered; z from `source` [batch, seq, d_in] (default: hidden)."""
+        source = hidden if source is None else source
         if hidden.shape[-1] != self.d_in:
             raise SaeKitError(
                 f"the SAE takes d_in={self.d_in} but the hooked module outputs d={hidden.shape[-1]}: "
                 "wrong hook point (--hook) or wrong model (--model) for this run"
             )
+        if source.shape[-1] != self.d_source:
+            raise SaeKitError(f"the transcoder reads d_in={self.d_source} but its input hook has d={source.shape[-1]}: "
+                              "wrong hook point (--hook) or wrong model (--model) for this run")
         if self.features is None and self.add_vector is None:
             return hidden
         offset = self.offset or 0
@@ -293,19 +309,27 @@ class SteeringHook:
             return hidden
         self.spans.append((offset + start, offset + seq))
         part = hidden[:, start:]
-        steered = part + self.delta(part).to(hidden.dtype)
+        steered = part + self.delta(source[:, start:]).to(hidden.dtype)
         return steered if start == 0 else torch.cat([hidden[:, :start], steered], dim=1)
 
 
 def hook_module(model: nn.Module, sae: nn.Module, hook: str | None = None) -> str:
-    """The module name to steer: `hook` if given, else the hook the SAE was trained on."""
-    name = hook or RunInfo.of(sae).hook_point
-    if not name:
-        raise SaeKitError("the SAE does not record its hook point; name it with --hook (e.g. resid.8)")
-    resolved = resolve_hooks(model, [name])
-    if len(resolved) != 1:
-        raise SaeKitError(f"hook {name!r} matches {len(resolved)} modules; steering needs exactly one")
-    return resolved[0]
+    """The hook point the SAE reads: `hook` if given, else the hook the SAE was trained on."""
+    return hook_modules(model, sae, hook)[0]
+
+
+def hook_modules(model: nn.Module, sae: nn.Module, hook: str | None = None) -> tuple[str, str]:
+    """(read, write) hook points on `model`: where the SAE's input is encoded and where the
+    steering changes the activation — the same point for an SAE; a transcoder's MLP input and
+    MLP output (`RunInfo.splice_hooks`). `hook` overrides the input hook."""
+    points = RunInfo.of(sae).splice_hooks(hook)
+    resolved = []
+    for name in points:
+        found = resolve_hooks(model, [name])
+        if len(found) != 1:
+            raise SaeKitError(f"hook {name!r} matches {len(found)} modules; steering needs exactly one")
+        resolved.append(found[0])
+    return resolved[0], resolved[1]
 
 
 def _cache_length(kwargs: dict) -> int:
@@ -318,9 +342,11 @@ def _cache_length(kwargs: dict) -> int:
 
 
 @contextmanager
-def attach(model: nn.Module, module_name: str, steering: SteeringHook) -> Iterator[SteeringHook]:
+def attach(model: nn.Module, module_name: str, steering: SteeringHook, *,
+           read: str | None = None) -> Iterator[SteeringHook]:
     """Install `steering` at `module_name` (and a pre-hook on `model` that tells it the cache
-    length, i.e. the absolute position of the first token of each forward pass, and the tokens)."""
+    length, i.e. the absolute position of the first token of each forward pass, and the tokens).
+    `read`: the hook point z is encoded from when it is another (a transcoder's MLP input)."""
     if steering.bos_token_id is None:
         steering.bos_token_id = getattr(model.config, "bos_token_id", None)
 
@@ -330,7 +356,7 @@ def attach(model: nn.Module, module_name: str, steering: SteeringHook) -> Iterat
 
     handle = model.register_forward_pre_hook(record_offset, with_kwargs=True)
     try:
-        with intervene(model, module_name, steering):
+        with intervene(model, module_name, steering, read=read or module_name):
             yield steering
     finally:
         handle.remove()
@@ -351,7 +377,8 @@ def steer(
     """Steer `model` with `interventions` on `sae`'s features inside the ``with`` block.
 
     max_activation [d_sae]: each feature's max over the store (needed for relative values).
-    hook: module name or alias; default the SAE's own (cfg.hook). positions: 'all' or
+    hook: module name or alias; default the SAE's own (cfg.hook; a transcoder reads it and steers
+    its target, the MLP output). positions: 'all' or
     'generated' (positions ≥ prompt_len; default prompt_len = the first forward pass's length).
     skip_bos: never steer a BOS token at position 0 (the SAE never saw one in training).
     Yields the `SteeringHook` (its `steered_positions` lists what was changed).
@@ -360,5 +387,6 @@ def steer(
         sae, interventions, max_activation, positions=positions, prompt_len=prompt_len, skip_bos=skip_bos,
         device=next(model.parameters()).device,
     )
-    with attach(model, hook_module(model, sae, hook), steering):
+    read, write = hook_modules(model, sae, hook)
+    with attach(model, write, steering, read=read):
         yield steering

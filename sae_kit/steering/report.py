@@ -164,7 +164,8 @@ def _header_facts(result: SteeringResult) -> list[str]:
     peak = f"{result.max_activation:.4g}" if result.max_activation is not None else "unknown (no analysis)"
     promoted = ", ".join(repr(t) for _, t in result.promoted) or "none"
     return [
-        f"Model `{s.get('model_name')}` (`{s.get('model')}`), hook `{s.get('hook')}` → `{s.get('hook_module')}`, "
+        f"Model `{s.get('model_name')}` (`{s.get('model')}`), hook `{s.get('hook')}` → `{s.get('hook_module')}`"
+        + (f" (steering its target `{s['steered_module']}`)" if s.get("steered_module") else "") + ", "
         f"SAE {s.get('sae', {}).get('arch')} with {s.get('sae', {}).get('d_sae')} features"
         + (f" (run `{s['run']}`)." if s.get("run") else "."),
         f"Feature {result.primary_feature}: max activation over the store {peak}; top promoted tokens: {promoted}.",

@@ -36,7 +36,7 @@ from sae_kit.autoencoders import RunInfo
 from sae_kit.errors import SaeKitError
 from sae_kit.lm.hooks import capture
 from sae_kit.steering.generate import GenerateOptions, encode_prompt, generate
-from sae_kit.steering.hook import Intervention, SteeringHook, attach, check_feature, hook_module
+from sae_kit.steering.hook import Intervention, SteeringHook, attach, check_feature, hook_modules
 
 N_PROMOTED = 10
 
@@ -251,25 +251,27 @@ def run_steering(
     info = load_feature_info(analysis, d_sae)
     primary = primary_feature if primary_feature is not None else conditions[0].interventions[0].feature
     check_feature(primary, d_sae)
-    module = hook_module(model, sae, hook)
+    site = hook_modules(model, sae, hook)  # (read, write): one point, or a transcoder's MLP input and output
     device = next(model.parameters()).device
     hooks = [SteeringHook.build(sae, c.interventions, info.max_activation, positions=options.positions,
                                 device=device) for c in conditions]  # checks every id and value first
     promoted = promoted_tokens(model, sae, primary, info)
-    results = [steer_prompt(loaded, sae, module, prompt, conditions, hooks, options, primary, promoted, progress)
+    results = [steer_prompt(loaded, sae, site, prompt, conditions, hooks, options, primary, promoted, progress)
                for prompt in prompts]
     peak = None if info.max_activation is None else float(info.max_activation[primary])
     return SteeringResult(
         conditions=tuple(conditions), prompts=tuple(results), primary_feature=primary,
         promoted=tuple((t, tokenizer.decode([t])) for t in promoted), max_activation=peak, dose_unit=dose_unit,
-        settings=describe_settings(loaded, sae, module, options, info, settings),
+        settings=describe_settings(loaded, sae, site, options, info, settings),
     )
 
 
-def steer_prompt(loaded, sae: nn.Module, module: str, prompt: str, conditions: Sequence[Condition],
+def steer_prompt(loaded, sae: nn.Module, site: tuple[str, str], prompt: str, conditions: Sequence[Condition],
                  hooks: Sequence[SteeringHook], options: GenerateOptions, primary: int, promoted: list[int],
                  progress=None) -> PromptResult:
-    """One prompt: its baseline, then every condition generated and scored on the baseline's tokens."""
+    """One prompt: its baseline, then every condition generated and scored on the baseline's tokens.
+    site: (read, write) hook points (`hook_modules`)."""
+    read, write = site
     model, tokenizer = loaded.model, loaded.tokenizer
     device = next(model.parameters()).device
     ids = encode_prompt(tokenizer, prompt, options.chat, options.prepend_bos).to(device)
@@ -277,15 +279,15 @@ def steer_prompt(loaded, sae: nn.Module, module: str, prompt: str, conditions: S
     base_seq = generate(model, ids, options)
     bos = getattr(model.config, "bos_token_id", None)
     first = int(bos is not None and int(ids[0, 0]) == bos)  # a BOS token: never steered, not counted
-    with capture(model, [module], stop=False) as acts:
+    with capture(model, [read], stop=False) as acts:
         base_logp = next_token_logprobs(model, base_seq, p - 1)
     with torch.no_grad():
-        z = sae.encode(acts[module][0].to(sae.W_dec.device, sae.W_dec.dtype))[:, primary]
+        z = sae.encode(acts[read][0].to(sae.W_dec.device, sae.W_dec.dtype))[:, primary]
     outcomes = []
     for condition, steering in zip(conditions, hooks):
         if progress:
             progress(f"{condition.label} | {prompt[:40]}")
-        with attach(model, module, steering):
+        with attach(model, write, steering, read=read):
             seq = generate(model, ids, options, steering)
             steering.reset(prompt_len=p)
             logq = next_token_logprobs(model, base_seq, p - 1)
@@ -357,12 +359,14 @@ def steering_sweep(
                         dose_unit="× max activation" if unit_relative else "activation", **kwargs)
 
 
-def describe_settings(loaded, sae: nn.Module, module: str, options: GenerateOptions, info: FeatureInfo,
+def describe_settings(loaded, sae: nn.Module, site: tuple[str, str], options: GenerateOptions, info: FeatureInfo,
                       extra: dict | None) -> dict:
     """Everything needed to reproduce an experiment (the report prints it)."""
     cfg = sae.cfg
+    read, write = site
+    steered = {"steered_module": write} if write != read else {}  # a transcoder steers its target
     return {
-        "model": loaded.spec, "model_name": loaded.name, "hook": cfg.hook, "hook_module": module,
+        "model": loaded.spec, "model_name": loaded.name, "hook": cfg.hook, "hook_module": read, **steered,
         "sae": {"arch": cfg.arch, "d_in": cfg.d_in, "d_sae": cfg.d_sae, "store": RunInfo.of(sae).store},
         "analysis": info.source, "generation": dataclasses.asdict(options),
         "device": str(next(loaded.model.parameters()).device), "dtype": str(loaded.dtype).removeprefix("torch."),

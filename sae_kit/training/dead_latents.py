@@ -35,6 +35,11 @@ class DeadLatentTracker:
         self.last_fired[indices] = step
 
 
+def _unit_rows(t: torch.Tensor) -> torch.Tensor:
+    """Each row of t [n, d] divided by its norm."""
+    return t / t.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+
 @torch.no_grad()
 def resample_dead_latents_(
     model: Autoencoder,
@@ -42,6 +47,7 @@ def resample_dead_latents_(
     dead: torch.Tensor,
     x: torch.Tensor,
     encoder_scale: float = 0.2,
+    target: torch.Tensor | None = None,
 ) -> int:
     """Re-initialise dead latents on inputs the model reconstructs badly (Bricken et al. 2023,
     "Towards Monosemanticity", appendix "Neuron Resampling").
@@ -51,16 +57,20 @@ def resample_dead_latents_(
     W_dec,i = u·c_dec with u = x_n/‖x_n‖ and c_dec the mean decoder norm of live latents (1 for a
     unit-norm decoder), W_enc[:, i] = u·0.2·(mean encoder norm of live latents), b_enc,i = 0,
     and zero Adam's moments for those entries. Returns the number resampled.
+
+    A transcoder (`target` y [batch, d_out]) is scored by ‖y_n − ŷ_n‖², its decoder direction is
+    y_n/‖y_n‖ (the output space) and its encoder direction x_n/‖x_n‖.
     """
     indices = torch.nonzero(dead).flatten()
     if len(indices) == 0:
         return 0
     x = x.float()
-    error = (model.decode(model.encode(x)).float() - x).pow(2).sum(-1)
+    y = x if target is None else target.float()
+    error = (model.reconstruct(x).float() - y).pow(2).sum(-1)
     if float(error.sum()) <= 0:
         return 0
     chosen = torch.multinomial(error, len(indices), replacement=True)
-    directions = x[chosen] / x[chosen].norm(dim=-1, keepdim=True).clamp_min(1e-8)  # [n_dead, d_in]
+    directions, enc_directions = _unit_rows(y[chosen]), _unit_rows(x[chosen])  # [n_dead, d_out], [n_dead, d_in]
     alive = ~dead
     if bool(alive.any()):
         enc_norm = float(model.W_enc[:, alive].norm(dim=0).mean())
@@ -70,7 +80,7 @@ def resample_dead_latents_(
     if model.cfg.decoder_norm == "unit":
         dec_norm = 1.0
     model.W_dec[indices] = (directions * dec_norm).to(model.W_dec.dtype)
-    model.W_enc[:, indices] = (directions.T * encoder_scale * enc_norm).to(model.W_enc.dtype)
+    model.W_enc[:, indices] = (enc_directions.T * encoder_scale * enc_norm).to(model.W_enc.dtype)
     model.b_enc[indices] = 0.0
     for param, rows in ((model.W_dec, (indices, slice(None))), (model.W_enc, (slice(None), indices)),
                         (model.b_enc, (indices,))):

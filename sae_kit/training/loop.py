@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from sae_kit import faults
 from sae_kit.autoencoders import Autoencoder, ForwardOutput, TrainingState, build_autoencoder
 from sae_kit.errors import SaeKitError
 from sae_kit.evaluation import metrics
@@ -33,8 +34,9 @@ from sae_kit.training.dead_latents import DeadLatentTracker, resample_dead_laten
 from sae_kit.training.recipe import InputStats, ModelSpec, TrainConfig, l1_scale_at, lr_at
 
 METRICS_FILE = "metrics.jsonl"
-BatchSource = Callable[[int], Iterator[torch.Tensor]]
-"""skip_batches -> iterator of raw activation batches [batch_size, d_in], deterministic, endless."""
+BatchSource = Callable[[int], Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]]
+"""skip_batches -> iterator of raw activation batches [batch_size, d_in], or of pairs
+(x [batch_size, d_in], y [batch_size, d_out]) for models with a target; deterministic, endless."""
 
 
 @dataclass
@@ -73,9 +75,9 @@ def make_slot(spec: ModelSpec, cfg: TrainConfig, device: torch.device, window_st
     if model.fitted_in_closed_form:
         return Slot(spec, model.to(device).train(), None, None, covariance=model.fitter())
     if cfg.b_dec_init != "zeros":
-        origin = stats.mean if cfg.b_dec_init == "mean" else stats.geometric_median
+        origin = stats.decoder_origin(cfg.b_dec_init)  # b_dec is in the output's space (a transcoder's target)
         with torch.no_grad():
-            model.b_dec.copy_(torch.tensor(origin) * stats.scale)
+            model.b_dec.copy_(torch.tensor(origin) * stats.output_scale)
     model.to(device).train()
     optimizer = torch.optim.Adam(model.optimizer_groups(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
     tracker = DeadLatentTracker(spec.cfg.d_sae, window_steps, device=device) if model.latents_fire else None
@@ -99,7 +101,8 @@ def fit(
     """Train `slots` for steps start_step..n_steps-1 on batches_from(start_step). Returns True when
     finished, False when stopped early by `stop_after_steps` (as a kill would, after the last
     checkpoint). Writes metrics.jsonl per slot and checkpoints under checkpoint_dir (if given),
-    with `checkpoint_extra` added to their state.json. `cfg` must be resolved (`recipe.resolve`)."""
+    with `checkpoint_extra` added to their state.json. `cfg` must be resolved (`recipe.resolve`).
+    Batches of pairs (x, y) train the models to predict y from x (transcoders)."""
     if not cfg.resolved:
         raise ValueError("fit needs a resolved TrainConfig (batch_size, lr, b_dec_init set): call "
                          "sae_kit.training.recipe.resolve first")
@@ -114,19 +117,23 @@ def fit(
     batches = batches_from(start_step)
     try:
         for step in range(start_step, n_steps):
-            x = next(batches, None)
-            if x is None:
+            batch = next(batches, None)
+            if batch is None:
                 raise SaeKitError(f"the batch source ran dry at step {step}; the store reader must cycle (epochs=None)")
+            x, y = batch if isinstance(batch, tuple) else (batch, None)
             x = x.to(device, non_blocking=True) * stats.scale  # E‖x‖ = √d_in (Anthropic, April 2024)
+            if y is not None:  # a transcoder's target, scaled by its own constant: E‖y‖ = √d_out
+                y = y.to(device, non_blocking=True) * stats.output_scale
             lr, l1_scale = lr_at(step, n_steps, cfg), l1_scale_at(step, n_steps, cfg)
             log_now = (step + 1) % cfg.log_every == 0 or step + 1 == n_steps
             for slot in slots:
                 state = TrainingState(sparsity_scale=l1_scale, step=step)
-                out, grad_norm = train_step(slot, x, state, lr, cfg.max_grad_norm, autocast)
+                out, grad_norm = train_step(slot, x, state, lr, cfg.max_grad_norm, autocast, target=y)
                 if log_now and out is not None:
-                    slot.last_metrics = step_metrics(slot, x, out, state, lr, grad_norm, stats.scale, B)
+                    slot.last_metrics = step_metrics(slot, x if y is None else y, out, state, lr, grad_norm,
+                                                     stats.output_scale, B)
             if resample_steps and (step + 1) % resample_steps == 0:
-                resample(slots, x, step, checkpoint_dir is not None)
+                resample(slots, x, step, checkpoint_dir is not None, target=y)
             if log_now:
                 now = time.perf_counter()
                 tokens_per_s = (step + 1 - interval_step) * B / max(now - interval_start, 1e-9)
@@ -152,10 +159,11 @@ def fit(
 
 
 def train_step(slot: Slot, x: torch.Tensor, state: TrainingState, lr: float, max_grad_norm: float,
-               autocast) -> tuple[ForwardOutput | None, torch.Tensor | None]:
-    """One step of one model on x [batch, d_in] (normalised): loss → backward → decoder
-    constraint → clip → Adam → dead-latent tracking. Closed-form models only accumulate their
-    moments (returns (None, None)). Returns the forward output and the gradient norm."""
+               autocast, target: torch.Tensor | None = None) -> tuple[ForwardOutput | None, torch.Tensor | None]:
+    """One step of one model on x [batch, d_in] (normalised; `target` [batch, d_out] the normalised
+    y a transcoder predicts): loss → backward → decoder constraint → clip → Adam → dead-latent
+    tracking. Closed-form models only accumulate their moments (returns (None, None)). Returns
+    the forward output and the gradient norm."""
     if slot.covariance is not None:  # PCA: accumulate moments, fit at the end
         slot.covariance.update(x)
         return None, None
@@ -163,8 +171,11 @@ def train_step(slot: Slot, x: torch.Tensor, state: TrainingState, lr: float, max
         group["lr"] = lr * group.get("lr_scale", 1.0)
     if slot.tracker is not None and slot.model.wants_dead_mask():
         state = dataclasses.replace(state, dead_mask=slot.tracker.dead_mask(state.step))
-    with autocast:
-        out = slot.model.training_loss(x, state)
+    with autocast:  # a target only when there is one: an SAE's training_loss(x, state) needs no such argument
+        out = (slot.model.training_loss(x, state) if target is None
+               else slot.model.training_loss(x, state, target=target))
+    if faults.triggered("nan-loss", state.step + 1):  # the fault-injection suite's non-finite loss
+        out = out._replace(loss=out.loss * float("nan"))
     slot.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     if slot.unit_decoder:
@@ -183,7 +194,8 @@ def train_step(slot: Slot, x: torch.Tensor, state: TrainingState, lr: float, max
 
 @torch.no_grad()
 def step_metrics(slot: Slot, x, out, state: TrainingState, lr, grad_norm, scale, batch_size) -> dict:
-    """Metrics of one model on the current batch (x in normalised units; MSE reported in raw units)."""
+    """Metrics of one model on the current batch: x is what it reconstructs (a transcoder's target),
+    in normalised units, `scale` its normalising constant; MSE is reported in raw units."""
     x_hat = out.x_hat.float()
     step = state.step
     record = {
@@ -222,14 +234,14 @@ def write_metrics(slots: list[Slot], step: int, lr: float, tokens_per_s: float, 
         bar.set_postfix_str(" | ".join(shown[:3]) + (" …" if len(shown) > 3 else ""), refresh=False)
 
 
-def resample(slots: list[Slot], x: torch.Tensor, step: int, verbose: bool) -> None:
+def resample(slots: list[Slot], x: torch.Tensor, step: int, verbose: bool, target: torch.Tensor | None = None) -> None:
     """Anthropic 2023 resampling of the dead latents of every model whose remedy it is (AuxK
-    models revive theirs through their loss instead)."""
+    models revive theirs through their loss instead); `target`: a transcoder's batch of y."""
     for slot in slots:
         if slot.model.dead_latent_remedy != "resample" or slot.tracker is None:
             continue
         dead = slot.tracker.dead_mask(step + 1)
-        n = resample_dead_latents_(slot.model, slot.optimizer, dead, x)
+        n = resample_dead_latents_(slot.model, slot.optimizer, dead, x, target=target)
         if n:
             slot.tracker.revive(torch.nonzero(dead).flatten(), step)
             if slot.run_dir is not None:

@@ -9,6 +9,8 @@ gradient-norm clipping at 1; batches of 4096 tokens. Those assume ~10⁸–10⁹
 for the 10⁵–10⁷ of a first run they leave an SAE worse than the mean (FVU > 1), so the
 training tokens, batch size and lr that the user leaves open are derived from the run's size
 (`resolve`, rules in its docstring), and runs of 10⁸+ tokens get the recipe unchanged.
+A transcoder (`--target`) is trained on pairs (x, y) from two hooks of the same store, each scaled to
+E‖·‖ = √d by its own constant.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class TrainConfig(JsonConfig):
     """Hook to train on (module name or the alias it was harvested as); optional if the store has one."""
     archs: tuple[str, ...] = ("sae",)
     """Models to train on the same batches, by registry name: sae | topk | batchtopk | jumprelu | gated |
-    matryoshka | ae | dae | vae | pca."""
+    matryoshka | ae | dae | vae | pca | transcoder | skip-transcoder (the last two need --target)."""
     l1_coefficients: tuple[float, ...] = (5.0,)
     """λ for arch sae; several values train one SAE each (a sparsity sweep in one pass)."""
     ks: tuple[int, ...] = (32,)
@@ -119,6 +121,11 @@ class TrainConfig(JsonConfig):
     """Rate of the running inference threshold of batchtopk and matryoshka (SAELens' default)."""
     matryoshka_prefixes: tuple[int, ...] | None = None
     """Nested prefix sizes of matryoshka, e.g. 128,512,2048 (d_sae appended); None: d_sae/16 … d_sae."""
+    target: str | None = None
+    """Transcoders: the hook of the same store to predict from --hook (e.g. --hook mlp_in.3 --target mlp.3).
+    None: the models reconstruct their input (SAEs and baselines refuse a target; transcoders need one)."""
+    transcoder_activation: Literal["relu", "topk"] = "relu"
+    """Transcoders' sparsity: relu (ReLU + L1, swept by --l1) or topk (TopK + AuxK, swept by --k)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -155,6 +162,18 @@ class TrainConfig(JsonConfig):
             raise SaeKitError(f"--dtype must be float32 or bfloat16 (got {self.dtype!r})")
         if self.b_dec_init not in (None, "zeros", "mean", "geometric_median"):
             raise SaeKitError(f"b_dec_init must be zeros, mean or geometric_median (got {self.b_dec_init!r})")
+        if self.transcoder_activation not in ("relu", "topk"):
+            raise SaeKitError(f"--transcoder-activation must be relu or topk (got {self.transcoder_activation!r})")
+        targeted = [a for a in self.archs if architecture(a).has_target]
+        untargeted = [a for a in self.archs if not architecture(a).has_target]
+        if self.target is None and targeted:
+            raise SaeKitError(f"--arch {','.join(targeted)} predicts a target from its input: give --target "
+                              "(e.g. --hook mlp_in.3 --target mlp.3)")
+        if self.target is not None and untargeted:
+            raise SaeKitError(f"--target is for transcoders; --arch {','.join(untargeted)} reconstructs its input "
+                              "(drop --target, or train transcoder / skip-transcoder)")
+        if self.transcoder_activation != "relu" and not targeted:
+            raise SaeKitError("--transcoder-activation applies to transcoders only (for a TopK SAE use --arch topk)")
 
 
     @property
@@ -308,15 +327,19 @@ def _fmt(value: float) -> str:
     return f"{value:g}".replace("+", "")
 
 
-def model_specs(cfg: TrainConfig, d_in: int, hook: str | None = None, metadata: dict | None = None) -> list[ModelSpec]:
+def model_specs(cfg: TrainConfig, d_in: int, hook: str | None = None, metadata: dict | None = None, *,
+                d_out: int | None = None, target_hook: str | None = None) -> list[ModelSpec]:
     """The models `cfg` asks for, in a stable order: one per arch, times one per value of the
-    field the architecture sweeps (λ for sae, k for topk …). Widths follow each architecture's
-    `width`: the dictionary (d_sae or expansion × d_in), the baselines' budget, or PCA components."""
+    field the architecture sweeps (λ for sae, k for topk, either for a transcoder by its
+    activation). Widths follow each architecture's `width`: the dictionary (d_sae or
+    expansion × d_in), the baselines' budget, or PCA components. Transcoders get d_out and
+    target_hook (the target's width and hook)."""
     widths = {"dictionary": cfg.d_sae or cfg.expansion * d_in,
               "baseline": cfg.baseline_d_sae or cfg.d_sae or cfg.expansion * d_in,
               "components": cfg.pca_components or cfg.ks[0]}
     common = dict(d_in=d_in, hook=hook, metadata=dict(metadata or {}), auxk_coefficient=cfg.auxk_coefficient,
-                  corruption=cfg.corruption, corruption_level=cfg.corruption_level, beta=cfg.beta)
+                  corruption=cfg.corruption, corruption_level=cfg.corruption_level, beta=cfg.beta,
+                  d_out=d_out, target_hook=target_hook, transcoder_activation=cfg.transcoder_activation)
     common.update({name: getattr(cfg, name) for name in ARCH_OPTIONS})
     specs: list[ModelSpec] = []
     for arch in cfg.archs:
@@ -326,13 +349,49 @@ def model_specs(cfg: TrainConfig, d_in: int, hook: str | None = None, metadata: 
             fields["decoder_norm"] = cfg.decoder_norm
         if cls.width == "components" and fields["d_sae"] > d_in:
             raise SaeKitError(f"PCA has at most d_in={d_in} components; lower --pca-components (got {fields['d_sae']})")
-        if cls.sweep_field is None:
+        sweep_field, sweep_label = cls.sweep_for(fields)
+        if sweep_field is None:
             specs.append(ModelSpec(arch, AutoencoderConfig(**fields)))
             continue
-        for value in getattr(cfg, SWEEP_VALUES[cls.sweep_field]):
-            name = f"{arch}-{cls.sweep_label}_{_fmt(value)}"
-            specs.append(ModelSpec(name, AutoencoderConfig(**{**fields, cls.sweep_field: value})))
+        for value in getattr(cfg, SWEEP_VALUES[sweep_field]):
+            name = f"{arch}-{sweep_label}_{_fmt(value)}"
+            specs.append(ModelSpec(name, AutoencoderConfig(**{**fields, sweep_field: value})))
     return specs
+
+
+def training_bytes(specs: list[ModelSpec], batch_size: int) -> int:
+    """Memory a run needs, roughly: every model's parameters with their gradient and Adam's two
+    moments (4 float32 copies), plus the step's [batch, d_sae] activations and gradients (4 more)."""
+    total = 0
+    for spec in specs:
+        c = spec.cfg
+        d_out = getattr(c, "d_out", None) or c.d_in
+        total += 4 * 4 * (c.d_sae * (c.d_in + d_out) + c.d_sae + d_out)
+        total += 4 * 4 * batch_size * c.d_sae
+    return total
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on `device`: the GPU's free memory, or the host's MemAvailable (None if unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(specs: list[ModelSpec], batch_size: int, device: torch.device) -> None:
+    """Refuse, before allocating anything, a run that cannot fit in memory, saying what to lower."""
+    need, free = training_bytes(specs, batch_size), available_bytes(device)
+    if free is not None and need > 0.9 * free:
+        widest = max(spec.cfg.d_sae for spec in specs)
+        raise SaeKitError(f"the {len(specs)} model(s) need about {need / 2**30:.1f} GiB ({widest:,} latents, batches of "
+                          f"{batch_size:,}) and {free / 2**30:.1f} GiB is available on {device}; lower --d-sae / "
+                          "--expansion or --batch-size, or train fewer models at once")
 
 
 # ----------------------------------------------------------------------------- input statistics
@@ -340,7 +399,8 @@ def model_specs(cfg: TrainConfig, d_in: int, hook: str | None = None, metadata: 
 
 @dataclass(frozen=True)
 class InputStats:
-    """Statistics of raw activations estimated before training."""
+    """Statistics of raw activations estimated before training (of the input x and, for a
+    transcoder, of its target y: each gets its own scale)."""
 
     scale: float
     """The constant s with E‖s·x‖ = √d_in (1.0 when normalisation is off)."""
@@ -350,26 +410,55 @@ class InputStats:
     """Geometric median of the raw activations [d_in], when asked for."""
     n_tokens: int
     """Tokens the estimate is based on."""
+    target_scale: float | None = None
+    """Transcoders: the constant s_y with E‖s_y·y‖ = √d_out for the target (None: no target)."""
+    target_mean: list[float] | None = None
+    """Transcoders: mean of the raw targets [d_out]."""
+    target_geometric_median: list[float] | None = None
+    """Transcoders: geometric median of the raw targets [d_out], when asked for."""
+
+    @property
+    def output_scale(self) -> float:
+        """The scale of what the models output: the target's, else the input's."""
+        return self.scale if self.target_scale is None else self.target_scale
+
+    def decoder_origin(self, kind: str) -> list[float] | None:
+        """The initial b_dec for b_dec_init `kind` ('mean' | 'geometric_median'), in raw units of
+        the output space (the target's for a transcoder)."""
+        if self.target_scale is not None:
+            return self.target_mean if kind == "mean" else self.target_geometric_median
+        return self.mean if kind == "mean" else self.geometric_median
 
 
-@torch.no_grad()
-def estimate_input_stats(batches, n_tokens: int, normalize: bool, want_median: bool) -> InputStats:
-    """Read batches [b, d_in] until n_tokens; s = √d_in / mean_n ‖x_n‖ (Anthropic, April 2024)."""
-    seen, parts = 0, []
-    for x in batches:
-        parts.append(x.detach().to("cpu", torch.float32))
-        seen += x.shape[0]
-        if seen >= n_tokens:
-            break
-    if not parts:
-        raise SaeKitError("no activations to estimate the input scale from; is the store's train split empty?")
-    x = torch.cat(parts)
+def _moments(x: torch.Tensor, normalize: bool, want_median: bool) -> tuple[float, list[float], list[float] | None]:
+    """(s, mean, geometric median or None) of activations x [n, d]: s = √d / mean_n ‖x_n‖."""
     mean_norm = float(x.norm(dim=-1).mean())
     if not math.isfinite(mean_norm) or mean_norm == 0:
         raise SaeKitError(f"the activations have mean norm {mean_norm}; the store holds zeros or non-finite values")
     scale = math.sqrt(x.shape[-1]) / mean_norm if normalize else 1.0
-    median = geometric_median(x).tolist() if want_median else None
-    return InputStats(scale=scale, mean=x.mean(0).tolist(), geometric_median=median, n_tokens=x.shape[0])
+    return scale, x.mean(0).tolist(), geometric_median(x).tolist() if want_median else None
+
+
+@torch.no_grad()
+def estimate_input_stats(batches, n_tokens: int, normalize: bool, want_median: bool) -> InputStats:
+    """Read batches [b, d_in] (or pairs (x [b, d_in], y [b, d_out]) for a transcoder) until
+    n_tokens; s = √d / mean_n ‖x_n‖ for x and, separately, for y (Anthropic, April 2024)."""
+    seen, parts = 0, []
+    for batch in batches:
+        pair = batch if isinstance(batch, tuple) else (batch,)
+        parts.append(tuple(t.detach().to("cpu", torch.float32) for t in pair))
+        seen += pair[0].shape[0]
+        if seen >= n_tokens:
+            break
+    if not parts:
+        raise SaeKitError("no activations to estimate the input scale from; is the store's train split empty?")
+    x = torch.cat([p[0] for p in parts])
+    scale, mean, median = _moments(x, normalize, want_median)
+    target = {}
+    if len(parts[0]) > 1:
+        target_scale, target_mean, target_median = _moments(torch.cat([p[1] for p in parts]), normalize, want_median)
+        target = dict(target_scale=target_scale, target_mean=target_mean, target_geometric_median=target_median)
+    return InputStats(scale=scale, mean=mean, geometric_median=median, n_tokens=x.shape[0], **target)
 
 
 def geometric_median(x: torch.Tensor, iterations: int = 100, tol: float = 1e-6) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Training from an activation store: `train(cfg)` opens the store, estimates the input scale,
 runs the loop (`sae_kit.training.loop.fit`) and saves every model (input scale folded in) with
-its metrics and provenance.
+its metrics and provenance. With `cfg.target` (transcoders) the loop gets pairs (x, y) of two
+hooks from one shuffled plan, each with its own scale, both folded into the saved weights.
 
     RUN/config.json, RUN/weights.safetensors, RUN/metrics.jsonl     one model
     RUN/<name>/..., RUN/sweep.json                                  several models, one pass
@@ -30,8 +31,8 @@ from sae_kit.harvest.reader import ActivationStore
 from sae_kit.lm.models import choose_device
 from sae_kit.training.checkpoint import find_checkpoint, load_checkpoint, restore_checkpoint
 from sae_kit.training.loop import METRICS_FILE, Slot, fit, make_slot, summary_table
-from sae_kit.training.recipe import (Derived, InputStats, ModelSpec, TrainConfig, estimate_input_stats, model_specs,
-                                    resolve, short_run_warning)
+from sae_kit.training.recipe import (Derived, InputStats, ModelSpec, TrainConfig, check_memory, estimate_input_stats,
+                                    model_specs, resolve, short_run_warning)
 
 RESUME_MAY_CHANGE = ("device", "log_every", "checkpoint_every_tokens")
 """Settings a resumed run may change: they do not change the weights it reaches."""
@@ -50,6 +51,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_steps: int | Non
     out = Path(cfg.out)
     store = ActivationStore(cfg.store)
     hook = store.resolve_hook_name(cfg.hook)
+    target = _resolve_target(store, cfg, hook)
+    hooks = hook if target is None else (hook, target)  # a tuple: the store yields (x, y) pairs
     device = choose_device(cfg.device)
     n_train = store.count("train")
     cfg, derived = resolve(cfg, n_train)
@@ -60,20 +63,26 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_steps: int | Non
     if n_steps < 1:
         raise SaeKitError(f"{cfg.tokens} tokens make no full batch of {cfg.batch_size}; "
                           "lower --batch-size or raise --tokens")
+    # before reading any activation: the models must fit in memory
+    check_memory(model_specs(cfg, store.d_in(hook), d_out=store.d_in(target) if target else None),
+                 cfg.batch_size, device)
     stats = (InputStats(**state["input_stats"]) if state is not None
-             else _estimate_stats(cfg, store, hook, n_train))
+             else _estimate_stats(cfg, store, hooks, n_train))
+    target_requested = (store.hooks[target].get("requested") or target) if target else None
     info = RunInfo(store=str(Path(cfg.store).resolve()), hook=store.hooks[hook].get("requested", hook),
                    hook_module=hook, context_len=store.context_len,
-                   prepend_bos=store.manifest.get("prepend_bos", True), input_scale=stats.scale)
+                   prepend_bos=store.manifest.get("prepend_bos", True), input_scale=stats.scale,
+                   target_hook=target_requested, target_module=target, target_scale=stats.target_scale)
     metadata = info.to_metadata(store.manifest.get("model", {}))
-    specs = model_specs(cfg, store.d_in(hook), hook=store.hooks[hook].get("requested") or hook, metadata=metadata)
+    specs = model_specs(cfg, store.d_in(hook), hook=store.hooks[hook].get("requested") or hook, metadata=metadata,
+                        d_out=store.d_in(target) if target else None, target_hook=target_requested)
     slots = build_slots(cfg, specs, out, device, stats)
     start_step = _restore_or_start(cfg, slots, state, files)
 
-    _print_start(cfg, slots, hook, store, n_steps, device, start_step, stats, derived)
+    _print_start(cfg, slots, hook, store, n_steps, device, start_step, stats, derived, target)
 
-    def batches_from(skip: int) -> Iterator[torch.Tensor]:
-        return store.batches(hook, cfg.batch_size, shuffle=True, seed=cfg.seed, split="train", epochs=None,
+    def batches_from(skip: int) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        return store.batches(hooks, cfg.batch_size, shuffle=True, seed=cfg.seed, split="train", epochs=None,
                              skip_batches=skip, device=device)
 
     finished = fit(cfg, slots, batches_from, n_steps, stats, device=device, checkpoint_dir=out,
@@ -106,9 +115,21 @@ def _checkpoint_to_resume(cfg: TrainConfig, out: Path, resume: bool) -> tuple[di
     return state, files
 
 
-def _estimate_stats(cfg: TrainConfig, store: ActivationStore, hook: str, n_train: int) -> InputStats:
-    """The input scale (and mean / median) from the first batches of a differently seeded reader."""
-    reader = store.batches(hook, min(cfg.batch_size, n_train), seed=cfg.seed + 1, epochs=None)
+def _resolve_target(store: ActivationStore, cfg: TrainConfig, hook: str) -> str | None:
+    """The stored name of the target hook (transcoders), checked to differ from the input hook."""
+    if cfg.target is None:
+        return None
+    target = store.resolve_hook_name(cfg.target)
+    if target == hook:
+        raise SaeKitError(f"--target {cfg.target} is the input hook itself; a transcoder predicts another hook "
+                          "(e.g. --hook mlp_in.3 --target mlp.3)")
+    return target
+
+
+def _estimate_stats(cfg: TrainConfig, store: ActivationStore, hooks: str | tuple[str, str], n_train: int) -> InputStats:
+    """The input scale (and mean / median) from the first batches of a differently seeded reader;
+    for (input, target) hooks the target's too, from the same rows."""
+    reader = store.batches(hooks, min(cfg.batch_size, n_train), seed=cfg.seed + 1, epochs=None)
     with contextlib.closing(reader):
         return estimate_input_stats(reader, cfg.norm_estimation_tokens, cfg.normalize_inputs,
                                     cfg.b_dec_init == "geometric_median")
@@ -141,8 +162,9 @@ def _restore_or_start(cfg: TrainConfig, slots: list[Slot], state: dict | None, f
     return start_step
 
 
-def _print_start(cfg, slots, hook, store, n_steps, device, start_step, stats, derived) -> None:
-    print(f"sae-kit train: {len(slots)} model(s) on {hook} (d_in={store.d_in(hook)}) of {cfg.store}: "
+def _print_start(cfg, slots, hook, store, n_steps, device, start_step, stats, derived, target=None) -> None:
+    predicts = f" -> {target} (d_out={store.d_in(target)})" if target else ""
+    print(f"sae-kit train: {len(slots)} model(s) on {hook} (d_in={store.d_in(hook)}){predicts} of {cfg.store}: "
           f"{n_steps} steps × {cfg.batch_size} = {n_steps * cfg.batch_size:,} tokens on {device}"
           + (f", resuming at step {start_step}" if start_step else ""), file=sys.stderr)
     warning = short_run_warning(cfg)
@@ -154,6 +176,8 @@ def _print_start(cfg, slots, hook, store, n_steps, device, start_step, stats, de
     for d in derived:
         print(f"  {'':<24} {d.field}: {d.rule}", file=sys.stderr)
     print(f"  {'input_scale':<24} {stats.scale:.6g}  (E‖x‖ = √d_in on {stats.n_tokens} tokens)", file=sys.stderr)
+    if stats.target_scale is not None:
+        print(f"  {'target_scale':<24} {stats.target_scale:.6g}  (E‖y‖ = √d_out)", file=sys.stderr)
     for slot in slots:
         model, spec_cfg = slot.model, slot.spec.cfg
         swept = (f" {model.sweep_label}={getattr(spec_cfg, model.sweep_field):g}" if model.sweep_field else "")
@@ -166,7 +190,7 @@ def save_models(cfg: TrainConfig, slots: list[Slot], out: Path, stats: InputStat
     config.json's "training" is the resolved config; "derived" says which settings were derived, how."""
     for slot in slots:
         slot.model.eval()
-        slot.model.fold_input_scale_(stats.scale)
+        slot.model.fold_scales_(stats.scale, stats.target_scale)
         slot.model.save(slot.run_dir, extra={"name": slot.name, "training": cfg.to_dict(), "provenance": provenance,
                                              "derived": [dataclasses.asdict(d) for d in derived],
                                              "final_train_metrics": slot.last_metrics})

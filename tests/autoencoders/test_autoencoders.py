@@ -51,12 +51,15 @@ def test_interface_names_and_shapes(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_forward_equals_decode_of_encode_in_eval_mode(arch):
+    """forward == reconstruct == decode(encode(x)), plus x W_skip for a skip transcoder."""
     model = make(arch)
     x = torch.randn(7, D_IN)
     with torch.no_grad():
         out = model(x)
         assert torch.allclose(out.z, model.encode(x), atol=1e-6)
-        assert torch.allclose(out.x_hat, model.decode(model.encode(x)), atol=1e-6)
+        assert torch.allclose(out.x_hat, model.reconstruct(x), atol=1e-6)
+        skip = x @ model.W_skip if hasattr(model, "W_skip") else 0
+        assert torch.allclose(model.reconstruct(x), model.decode(model.encode(x)) + skip, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

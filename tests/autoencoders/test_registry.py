@@ -51,7 +51,8 @@ def test_subset_encoder_equals_encoding_everything_and_picking(name):
         features = torch.tensor([3, 0, 5])
         assert torch.allclose(model.subset_encoder(features)(x), model.encode(x)[..., features], atol=1e-5)
         if model.separable:  # one latent per entry, as the example windows use it
-            u = ((x.reshape(-1, 8) - model.b_dec) @ model.W_enc[:, features])[:, 0]
+            centred = x.reshape(-1, 8) - model.b_dec if model.apply_b_dec_to_input else x.reshape(-1, 8)
+            u = (centred @ model.W_enc[:, features])[:, 0]
             assert torch.allclose(model.subset_activation(u, features[:1].expand_as(u)),
                                   model.encode(x.reshape(-1, 8))[:, 3], atol=1e-5)
 

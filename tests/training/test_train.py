@@ -248,6 +248,7 @@ def test_cli_errors_are_one_line(tiny_store, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"sae-kit train: error: unknown --arch 'gru'; choose from {', '.join(ARCHS)}"
     assert ", ".join(ARCHS).startswith("sae, topk, batchtopk, jumprelu, gated, matryoshka, ae")
+    assert ", ".join(ARCHS).endswith("pca, transcoder, skip-transcoder")
     assert cli_main(["train", "--out", str(tmp_path / "y"), "--resume"]) == 1
     assert "holds no checkpoint" in capsys.readouterr().err
 
