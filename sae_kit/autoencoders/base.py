@@ -107,6 +107,8 @@ class Autoencoder(nn.Module):
     computed from those columns alone (`subset_activation`); TopK-style models are not."""
     saelens_architecture: ClassVar[str | None] = None
     """SAELens' `architecture` name for export (None: not exportable)."""
+    supports_latent_sharding: ClassVar[bool] = False
+    """Implements `sharded_training_loss`, so `--shard-latents` can split its latents over ranks."""
 
     cfg: object
 
@@ -165,6 +167,12 @@ class Autoencoder(nn.Module):
         """Reconstruction, latents and the named, weighted loss terms for a training batch x
         [batch, d_in], given what the trainer knows at this step (`TrainingState`)."""
         raise NotImplementedError
+
+    def sharded_training_loss(self, x: torch.Tensor, state: TrainingState, shard) -> ForwardOutput:
+        """`training_loss` when this model holds only one rank's slice of the latents (`shard`, a
+        `sae_kit.training.sharding.LatentShard`: z and the latent-summed loss terms are local,
+        x̂ and the returned loss values are the whole model's)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support latent sharding")
 
     def forward(self, x: torch.Tensor) -> ForwardOutput:
         """Reconstruction, latents and loss terms at the config's coefficients: x [batch, d_in]."""
