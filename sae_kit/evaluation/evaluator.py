@@ -235,10 +235,29 @@ def held_out_contexts(store, hook: str, n: int) -> torch.Tensor:
 
 def evaluate(cfg: EvalConfig, *, lm=None) -> dict[str, dict]:
     """Evaluate a run (or every run of a sweep): writes eval.json into each run dir and eval.md
-    (a table) into cfg.run; returns name -> metrics. All models share one pass over the eval
-    split and one set of clean / ablated language-model passes. `lm` reuses an already loaded
-    `sae_kit.lm.models.LoadedModel` instead of loading cfg.model / the store's model."""
-    dirs = run_dirs(cfg.run)
+    (a table) into cfg.run; returns name -> metrics. All models of one hook share one pass over
+    the eval split and one set of clean / ablated language-model passes; a run of several hooks
+    (on the fly) is evaluated hook by hook, each on its own activations. `lm` reuses an already
+    loaded `sae_kit.lm.models.LoadedModel` instead of loading cfg.model / the store's model."""
+    groups: dict[tuple, dict[str, Path]] = {}
+    for name, path in run_dirs(cfg.run).items():
+        info = RunInfo.load(path)
+        groups.setdefault((info.store, info.stored_hook), {})[name] = path
+    results: dict[str, dict] = {}
+    for dirs in groups.values():
+        group, lm = _evaluate_group(cfg, dirs, lm)
+        results.update(group)
+    store_path = next(iter(results.values()))["store"]
+    hooks = ", ".join(dict.fromkeys(r["hook"] for r in results.values()))
+    table = results_table(results)
+    atomic_write_text(Path(cfg.run, TABLE_FILE), f"# Evaluation of {cfg.run}\n\nHeld-out split of {store_path} at {hooks}.\n\n"
+                                                  f"{table}\n")
+    print(table)
+    return results
+
+
+def _evaluate_group(cfg: EvalConfig, dirs: dict[str, Path], lm) -> tuple[dict[str, dict], object]:
+    """evaluate() for runs of one store and hook; returns (name -> metrics, the language model used)."""
     info = RunInfo.load(next(iter(dirs.values())))
     store_path = info.store_path(cfg.store)
     store = ActivationStore(store_path)
@@ -255,22 +274,18 @@ def evaluate(cfg: EvalConfig, *, lm=None) -> dict[str, dict]:
                       "store": str(Path(store_path).resolve()), "hook": hook, "split": "eval",
                       "reconstruction": stats[name].result(cfg.dense_threshold), "spliced": None}
                for name in models}
-    skipped = _add_spliced(cfg, results, models, store, hook, mean, lm, device) if cfg.ce_contexts > 0 else "--ce-contexts 0"
+    skipped, lm = _add_spliced(cfg, results, models, store, hook, mean, lm, device) if cfg.ce_contexts > 0 else ("--ce-contexts 0", lm)
     for name, result in results.items():
         if skipped:
             result["spliced_skipped"] = skipped
         result["eval_config"] = asdict(cfg)
         atomic_write_json(dirs[name] / EVAL_FILE, result)
-    table = results_table(results)
-    atomic_write_text(Path(cfg.run, TABLE_FILE), f"# Evaluation of {cfg.run}\n\nHeld-out split of {store_path} at {hook}.\n\n"
-                                                  f"{table}\n")
-    print(table)
-    return results
+    return results, lm
 
 
 def _add_spliced(cfg: EvalConfig, results: dict, models: dict, store: ActivationStore, hook: str,
-                 mean: torch.Tensor, lm, device) -> str | None:
-    """Add the spliced-model metrics to `results`; returns why they were skipped, or None."""
+                 mean: torch.Tensor, lm, device) -> tuple[str | None, object]:
+    """Add the spliced-model metrics to `results`; returns (why they were skipped or None, the model)."""
     try:
         if lm is None:
             spec = cfg.model or store.manifest.get("model", {}).get("spec")
@@ -283,11 +298,11 @@ def _add_spliced(cfg: EvalConfig, results: dict, models: dict, store: Activation
         spliced = spliced_metrics(lm.model, module_name, contexts, models, mean, keep_first, cfg.ce_batch_size)
     except SaeKitError as err:
         print(f"sae-kit evaluate: spliced-model metrics skipped: {err}", file=sys.stderr)
-        return str(err)
+        return str(err), lm
     for name in models:
         results[name]["spliced"] = spliced[name]
         results[name]["language_model"] = lm.spec
-    return None
+    return None, lm
 
 
 def _capped(batches, max_tokens: int | None):

@@ -116,7 +116,7 @@ class ActivationStream:
     def state(self) -> dict[str, torch.Tensor]:
         """The resume state after the batches taken so far (tensors only: it goes into a checkpoint)."""
         scalars = torch.tensor([self._fill_start, self._n_kept, self._served], dtype=torch.long)
-        kept = {f"kept.{name}": t[: self._n_kept] for name, t in self.storage.items()}
+        kept = {f"kept.{name}": t[: self._n_kept].clone() for name, t in self.storage.items()}
         return {"position": scalars, "rng": self._rng.clone(), **kept}
 
     def batches(self, state: dict[str, torch.Tensor] | None = None) -> Iterator[dict[str, torch.Tensor]]:
