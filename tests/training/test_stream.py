@@ -156,3 +156,19 @@ def test_old_one_hook_configs_still_load():
     saved = {"store": "s", "out": "o", "hook": "resid.1"}  # config.json of a run before hooks could be several
     cfg = TrainConfig.from_dict(saved)
     assert cfg.hook == "resid.1" and cfg.hooks == ("resid.1",) and cfg.to_dict()["hook"] == "resid.1"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_one_gpu_the_activations_never_leave_it(tiny_llama_dir, tmp_path):
+    loaded = load_model(str(tiny_llama_dir), device="cuda")
+    names = resolve_hooks(loaded.model, ["resid.1"])
+    stream = ActivationStream(loaded, names, CORPUS, context_len=32, lm_batch=4, batch_size=64, buffer_batches=4,
+                              seed=0, device=torch.device("cuda"))
+    batch = next(stream.batches())
+    assert batch[names[0]].is_cuda and stream.storage[names[0]].is_cuda
+    [run] = train(TrainConfig(store=None, out=str(tmp_path / "gpu"), model=str(tiny_llama_dir), hook="resid.1",
+                              tokens=1024, batch_size=128, expansion=2, context_len=32, lm_batch_size=4,
+                              buffer_batches=4, eval_contexts=4, norm_estimation_tokens=256, device="cuda"),
+                  progress=False)
+    assert load_autoencoder(run).d_sae == 64
