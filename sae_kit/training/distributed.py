@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import signal
 import sys
 import threading
 import time
@@ -155,8 +156,13 @@ class Distributed:
                 os._exit(1)
 
     def _post_failure(self, err: BaseException) -> str:
-        """Post this rank's error (the first one posted wins) and wait until the others saw it."""
+        """Post this rank's error (the first one posted wins) and wait until the others saw it.
+
+        torchrun stops the other workers as soon as one exits; this rank ignores that SIGTERM
+        from here on, so it lives to print its line (the CLI prints it after this returns)."""
         self._exiting = True
+        with contextlib.suppress(ValueError):  # only the main thread may set handlers
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         mine = text if isinstance(err, AgreedError) else (
             f"rank {self.rank}: {text}" if isinstance(err, SaeKitError) else f"rank {self.rank}: {type(err).__name__}: {text}")

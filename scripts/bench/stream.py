@@ -151,14 +151,6 @@ def main() -> None:
                               ("sae-kit SAE steps from memory", lambda: from_memory(args, d_in, args.steps))):
             best[name] = max(best.get(name, 0.0), measure())
     ideal = 1 / (1 / best["bare forward"] + 1 / best["sae-kit SAE steps from memory"])
-    peer = None
-    if not args.no_saelens:
-        hf_dir = args.work / "model-hf"
-        if not (hf_dir / "config.json").exists():
-            hf_dir.mkdir(parents=True, exist_ok=True)
-            loaded.model.save_pretrained(hf_dir)
-            loaded.tokenizer.save_pretrained(hf_dir)
-        peer = saelens(args, hf_dir, names[0], d_in, args.peers)
     rows = [f"{loaded.name} to {args.hook} ({names[0]}), d_in {d_in}, d_sae {args.d_sae}, batch {args.batch_size}, "
             f"contexts of {args.context_len}, {args.lm_batch} per forward, buffer {args.buffer_batches} batches, "
             f"{torch.get_num_threads()} threads; best of {args.repeats} interleaved rounds of {args.tokens:,} tokens", "",
@@ -166,13 +158,35 @@ def main() -> None:
     for name, rate in best.items():
         rows.append(f"| {name} | {rate:,.0f} | {rate / best['bare forward']:.2f} |")
     rows.append(f"| ideal on the fly, 1/(1/forward + 1/SAE steps) | {ideal:,.0f} | {ideal / best['bare forward']:.2f} |")
+    print("\n".join(rows), flush=True)
+    print(f"\non the fly / ideal: {best['sae-kit on the fly'] / ideal:.2f} (the buffer's own overhead)", flush=True)
+    if args.no_saelens:
+        return
+    peer = saelens(args, plain_copy(loaded, args.work / "model-hf"), names[0], d_in, args.peers)
     if peer and "tokens_per_s" in peer:
-        rows.append(f"| SAELens {peer['version']} on the fly (LanguageModelSAETrainingRunner) | "
-                    f"{peer['tokens_per_s']:,.0f} | {peer['tokens_per_s'] / best['bare forward']:.2f} |")
+        print(f"| SAELens {peer['version']} on the fly (LanguageModelSAETrainingRunner) | {peer['tokens_per_s']:,.0f} | "
+              f"{peer['tokens_per_s'] / best['bare forward']:.2f} |   (not interleaved: measured after the rows above)")
     elif peer:
-        rows += ["", f"SAELens could not run: {peer['error']}"]
-    print("\n".join(rows))
-    print(f"\non the fly / ideal: {best['sae-kit on the fly'] / ideal:.2f} (the buffer's own overhead)")
+        print(f"SAELens could not run: {peer['error']}")
+
+
+def plain_copy(loaded, hf_dir: Path) -> Path:
+    """The model as a plain Hugging Face directory (SAELens' loader cannot take a GGUF file)."""
+    if (hf_dir / "config.json").exists():
+        return hf_dir
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(loaded.model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # de-quantised on load already: plain float weights
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(loaded.model.state_dict())
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(hf_dir)
+    loaded.tokenizer.save_pretrained(hf_dir)
+    return hf_dir
 
 
 if __name__ == "__main__":
