@@ -172,3 +172,16 @@ def test_on_one_gpu_the_activations_never_leave_it(tiny_llama_dir, tmp_path):
                               buffer_batches=4, eval_contexts=4, norm_estimation_tokens=256, device="cuda"),
                   progress=False)
     assert load_autoencoder(run).d_sae == 64
+
+
+def test_one_process_collectives_are_no_ops_and_errors_stay_plain():
+    from sae_kit.errors import SaeKitError
+    from sae_kit.training.distributed import SINGLE
+
+    x = torch.arange(3.0)
+    assert SINGLE.all_reduce_(x) is x and SINGLE.all_gather(x)[0] is x and not SINGLE.enabled and SINGLE.is_main
+    assert SINGLE.first_failure(None) is None and SINGLE.first_failure(7) == 7
+    SINGLE.agree(None)
+    with pytest.raises(SaeKitError, match="^bad batch$"):
+        SINGLE.agree("bad batch")
+    assert SINGLE.device("cpu") == torch.device("cpu")
