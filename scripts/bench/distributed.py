@@ -8,7 +8,7 @@ is tokens/s(N) / (N × tokens/s(1)). The cores are split between the processes
 figure measures correctness-and-overhead (the all-reduces, the slicing), not speed-up; on a
 machine with N GPUs pass --device cuda for the real scaling.
 
-    python scripts/bench/distributed.py                                # harvests runs/bench-dist/store first
+    python scripts/bench/distributed.py                                # a synthetic store of random activations
     python scripts/bench/distributed.py --store runs/store --hook resid.8 --d-sae 4608 --steps 24
     python scripts/bench/distributed.py --store STORE --device cuda --nproc 1,2,4,8 --d-sae 65536 --batch-size 8192
 """
@@ -46,9 +46,33 @@ def run(args, n: int, shard: bool) -> float:
     return statistics.median(rates[1:] or rates)
 
 
+def synthetic_store(path: Path, d: int, tokens: int) -> Path:
+    """A store of random activations [tokens, d] (the trainer's speed does not depend on what they mean)."""
+    import torch
+
+    from sae_kit.harvest import StoreWriter
+
+    if (path / "manifest.json").exists():
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    manifest = {"hooks": [{"name": "x", "requested": "x", "d": d, "dtype": "float32"}], "context_len": 128,
+                "prepend_bos": False, "model": {"spec": "synthetic", "name": "random", "config_sha256": "-"}}
+    writer = StoreWriter.create(path, manifest)
+    generator = torch.Generator().manual_seed(0)
+    for first in range(0, tokens // 128, 64):
+        n = min(64, tokens // 128 - first)
+        writer.write_shard({"x": torch.randn(n * 128, d, generator=generator),
+                            "tokens": torch.zeros(n * 128, dtype=torch.int32),
+                            "context": torch.arange(first, first + n, dtype=torch.int32).repeat_interleave(128),
+                            "position": torch.arange(128, dtype=torch.int32).repeat(n)})
+    writer.finish()
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--store", type=Path, help="activation store (default: harvest one into --work)")
+    parser.add_argument("--store", type=Path, help="activation store (default: random activations, d --d-in)")
+    parser.add_argument("--d-in", type=int, default=576, help="width of the synthetic store's activations")
     parser.add_argument("--hook")
     parser.add_argument("--d-sae", type=int, default=4608)
     parser.add_argument("--batch-size", type=int, default=4096)
@@ -60,11 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.store is None:
-        args.store = args.work / "store"
-        if not (args.store / "manifest.json").exists():
-            subprocess.run([sys.executable, "-m", "sae_kit.cli", "harvest", "--hook", "resid.8", "--tokens", "65536",
-                            "--out", str(args.store), "--overwrite"], check=True,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        args.store = synthetic_store(args.work / f"store-{args.d_in}", args.d_in, (args.steps + 2) * args.batch_size * 21 // 20)
     counts = [int(n) for n in args.nproc.split(",")]
     rows = [f"store {args.store}, d_sae {args.d_sae}, global batch {args.batch_size}, {args.steps} steps, "
             f"{os.cpu_count()} cores, device {args.device or 'cpu'}", "",
