@@ -88,7 +88,8 @@ def main() -> None:
     counts = [int(n) for n in args.nproc.split(",")]
     rows = [f"store {args.store}, d_sae {args.d_sae}, global batch {args.batch_size}, {args.steps} steps, "
             f"{os.cpu_count()} cores, device {args.device or 'cpu'}", "",
-            "| mode | processes | threads each | tokens/s | scaling efficiency |", "|---|---:|---:|---:|---:|"]
+            "| mode | processes | threads each | tokens/s | scaling efficiency | × one process |",
+            "|---|---:|---:|---:|---:|---:|"]
     single = run(args, 1, False)  # the one-process reference of both modes
     for shard in (False, True):
         for n in counts:
@@ -96,7 +97,8 @@ def main() -> None:
                 continue
             rate = single if n == 1 else run(args, n, shard)
             mode = "latents sharded" if shard else "data parallel"
-            rows.append(f"| {mode} | {n} | {max(1, (os.cpu_count() or 1) // n)} | {rate:,.0f} | {rate / (n * single):.2f} |")
+            rows.append(f"| {mode} | {n} | {max(1, (os.cpu_count() or 1) // n)} | {rate:,.0f} | {rate / (n * single):.2f} "
+                        f"| {rate / single:.2f} |")
     print("\n".join(rows))
 
 
