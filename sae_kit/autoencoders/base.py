@@ -125,6 +125,8 @@ class Autoencoder(nn.Module):
     apply_b_dec_to_input: ClassVar[bool] = True
     """The encoder sees x − b_dec (autoencoders, whose input and output share a space); False for
     transcoders, whose b_dec lives in the target's space (SAELens' field of the same name)."""
+    supports_latent_sharding: ClassVar[bool] = False
+    """Implements `sharded_training_loss`, so `--shard-latents` can split its latents over ranks."""
 
     cfg: object
 
@@ -252,6 +254,12 @@ class Autoencoder(nn.Module):
         [batch, d_out] is what to predict (transcoders); None means x itself. Autoencoders
         (`has_target` False) reconstruct x and are never given one by the trainer."""
         raise NotImplementedError
+
+    def sharded_training_loss(self, x: torch.Tensor, state: TrainingState, shard) -> ForwardOutput:
+        """`training_loss` when this model holds only one rank's slice of the latents (`shard`, a
+        `sae_kit.training.sharding.LatentShard`: z and the latent-summed loss terms are local,
+        x̂ and the returned loss values are the whole model's)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support latent sharding")
 
     def forward(self, x: torch.Tensor, target: torch.Tensor | None = None) -> ForwardOutput:
         """Reconstruction, latents and loss terms at the config's coefficients: x [batch, d_in]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState
+from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState, affine
 from sae_kit.autoencoders.fused import sae_l1_loss
 from sae_kit.autoencoders.losses import reconstruction_loss, weighted_l1
 
@@ -35,6 +35,7 @@ class SparseAutoencoder(Autoencoder):
     dead_latent_remedy = "resample"
     separable = True
     saelens_architecture = "standard"
+    supports_latent_sharding = True
 
     fused: bool = True
 
@@ -69,4 +70,14 @@ class SparseAutoencoder(Autoencoder):
         z = self.encode(x)
         x_hat = self.decode(z)
         terms = {"reconstruction": reconstruction_loss(x, x_hat), "l1": lam * weighted_l1(z, self.W_dec)}
+        return ForwardOutput(x_hat=x_hat, z=z, losses=terms, loss=sum(terms.values()))
+
+    def sharded_training_loss(self, x: torch.Tensor, state: TrainingState, shard) -> ForwardOutput:
+        """The same loss with this rank's slice of the latents (`sae_kit.training.sharding`): ReLU needs
+        no selection, x̂ is summed over ranks, the L1 term added up over them."""
+        pre = affine(shard.copy_in(x - self.b_dec), self.W_enc, self.b_enc)
+        z = F.relu(pre)
+        x_hat = shard.sum_out(z @ self.W_dec) + self.b_dec
+        terms = {"reconstruction": reconstruction_loss(x, x_hat),
+                 "l1": shard.total(self.l1_coefficient(state) * weighted_l1(z, self.W_dec))}
         return ForwardOutput(x_hat=x_hat, z=z, losses=terms, loss=sum(terms.values()))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState
-from sae_kit.autoencoders.losses import auxk_term, reconstruction_loss
+from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState, affine
+from sae_kit.autoencoders.losses import auxk_term, normalized_mse, reconstruction_loss
 from sae_kit.errors import SaeKitError
 
 
@@ -44,6 +44,7 @@ class TopKSparseAutoencoder(Autoencoder):
     decoder_norm_choice = True
     dead_latent_remedy = "auxk"
     saelens_architecture = "topk"
+    supports_latent_sharding = True
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -89,4 +90,22 @@ class TopKSparseAutoencoder(Autoencoder):
         aux = auxk_term(x - x_hat, pre, self.W_dec, state.dead_mask, self.cfg.k_aux, self.cfg.auxk_coefficient)
         if aux is not None:
             terms["auxk"] = aux
+        return ForwardOutput(x_hat=x_hat, z=z, losses=terms, loss=sum(terms.values()))
+
+    def sharded_training_loss(self, x: torch.Tensor, state: TrainingState, shard) -> ForwardOutput:
+        """The same loss with this rank's slice of the latents (`sae_kit.training.sharding`): the top k
+        (and AuxK's top k_aux dead latents) are chosen across all ranks' candidates, x̂ and AuxK's ê
+        are summed over ranks."""
+        pre = affine(shard.copy_in(x - self.b_dec), self.W_enc, self.b_enc)
+        values, indices = shard.topk(pre, self.cfg.k)
+        z = torch.zeros_like(pre).scatter_(-1, indices, F.relu(values))
+        x_hat = shard.sum_out(z @ self.W_dec) + self.b_dec
+        terms = {"reconstruction": reconstruction_loss(x, x_hat)}
+        dead = state.dead_mask
+        n_dead = shard.count(dead) if dead is not None and self.cfg.auxk_coefficient > 0 else 0
+        if n_dead:
+            values, indices = shard.topk(pre.masked_fill(~dead, float("-inf")), min(self.cfg.k_aux, n_dead))
+            weights = F.relu(values).to(self.W_dec.dtype)
+            e_hat = shard.sum_out(F.embedding_bag(indices, self.W_dec, per_sample_weights=weights, mode="sum"))
+            terms["auxk"] = self.cfg.auxk_coefficient * normalized_mse((x - x_hat).detach(), e_hat)
         return ForwardOutput(x_hat=x_hat, z=z, losses=terms, loss=sum(terms.values()))

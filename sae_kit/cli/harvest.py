@@ -10,6 +10,7 @@ from sae_kit.harvest import ActivationStore, HarvestConfig, harvest
 from sae_kit.lm.corpus import CorpusSpec
 from sae_kit.lm.hooks import format_hook_points, list_hook_points
 from sae_kit.lm.models import load_model
+from sae_kit.training.distributed import session
 
 HARVEST_NAMES = {"hooks": "hook", "dtype": "store_dtype"}
 """HarvestConfig fields whose flag differs from the field: --hook (repeatable), --store-dtype."""
@@ -20,6 +21,8 @@ EXAMPLES = """examples:
   sae-kit harvest --hook mlp_in.8 --hook mlp.8 --out runs/store-mlp   # a transcoder's input and target, one pass
   sae-kit harvest --model gpt2 --dataset NeelNanda/pile-10k --hook resid.8 --tokens 2M --out runs/gpt2-store
   sae-kit harvest --out runs/store --resume
+  torchrun --nproc-per-node 4 -m sae_kit.cli harvest --model gpt2 --dataset NeelNanda/pile-10k --hook resid.8 \\
+      --tokens 100M --out runs/gpt2-store       # every rank writes its share of the shards; same store
 """
 
 
@@ -54,8 +57,11 @@ def run_hooks(args: argparse.Namespace) -> int:
 def run_harvest(args: argparse.Namespace) -> int:
     corpus = CorpusSpec(**given_values(args, CorpusSpec))
     cfg = config_from_args(HarvestConfig, args, base={"corpus": corpus})
-    path = harvest(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(ActivationStore(path))
+    with session("harvest", device=cfg.device) as ranks:
+        path = harvest(cfg, resume=args.resume, overwrite=args.overwrite, ranks=ranks if ranks.enabled else None,
+                       progress=ranks.is_main)
+    if ranks.is_main:
+        print(ActivationStore(path))
     return 0
 
 

@@ -10,9 +10,11 @@ from sae_kit.config import add_config_flags, config_from_args
 from sae_kit.errors import SaeKitError
 from sae_kit.training import TrainConfig, train
 from sae_kit.training.checkpoint import find_checkpoint, load_checkpoint
+from sae_kit.training.distributed import session
 
-NAMES = {"archs": "arch", "l1_coefficients": "l1", "ks": "k", "dtype": "compute_dtype", "l0_coefficients": "l0_coefficient"}
-"""TrainConfig fields whose flag differs from the field name (--arch, --l1, --k, --compute-dtype, --l0-coefficient)."""
+NAMES = {"archs": "arch", "l1_coefficients": "l1", "ks": "k", "dtype": "compute_dtype", "l0_coefficients": "l0_coefficient",
+         "dataset_split": "split"}
+"""TrainConfig fields whose flag differs from the field name (--arch, --l1, --k, --compute-dtype, --l0-coefficient, --split)."""
 
 EXAMPLES = """examples:
   sae-kit train --store runs/store --hook resid.8 --out runs/sae
@@ -22,6 +24,10 @@ EXAMPLES = """examples:
       --l0-coefficient 1 --l1 2 --matryoshka-prefixes 128,512,2048
   sae-kit train --store runs/store-mlp --hook mlp_in.8 --target mlp.8 --arch skip-transcoder --out runs/tc
   sae-kit train --out runs/sae --resume
+  sae-kit train --model default --hook resid.4 --hook resid.8 --tokens 2M --out runs/fly     # on the fly, no store
+  torchrun --nproc-per-node 8 -m sae_kit.cli train --model google/gemma-2-2b --dataset monology/pile-uncopyrighted \\
+      --streaming --hook resid.6 --hook resid.12 --hook resid.18 --hook resid.24 --arch topk --k 64 \\
+      --expansion 16 --tokens 500M --out runs/gemma          # data parallel; --shard-latents splits the latents
 
 architectures:
 """ + "\n".join(f"  {name:<16} {text}" for name, text in ARCH_DESCRIPTIONS.items()) + "\n"
@@ -33,8 +39,11 @@ def register(subparsers) -> None:
         description="Train one or several autoencoders on the same shuffled batches of an activation store. "
                     "Defaults are Anthropic's April 2024 recipe.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_flags(parser, TrainConfig, names=NAMES, required=("store", "out"), enforce_required=False,
-                     deprecated={"--dtype": "--compute-dtype"})
+    add_config_flags(parser, TrainConfig, names=NAMES, required=("out",), enforce_required=False,
+                     deprecated={"--dtype": "--compute-dtype"}, skip=("hook",))
+    parser.add_argument("--hook", dest="hook", action="append", default=None, metavar="HOOK",
+                        help="Hook to train on (module name or alias; optional if the store has one); on the fly, "
+                             "repeat it to train one model per hook from one forward pass (default: None)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint (other flags may be left out)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -51,14 +60,17 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
         if checkpoint is None:
             raise SaeKitError(f"--resume: {args.out} holds no checkpoint to continue from")
         base = load_checkpoint(checkpoint)[0]["training"]
-    missing = [name for name in ("store", "out") if getattr(args, name) is None and name not in base]
-    if missing:
-        raise SaeKitError(f"sae-kit train needs {' and '.join('--' + m for m in missing)}")
+    if args.out is None and "out" not in base:
+        raise SaeKitError("sae-kit train needs --out")
+    if args.store is None and "store" not in base:
+        base["store"] = None  # on the fly: --model / --dataset say where the activations come from
     return config_from_args(TrainConfig, args, base=base)
 
 
 def run(args: argparse.Namespace) -> int:
-    runs = train(config_from(args), resume=args.resume, progress=not args.no_progress)
-    for path in runs:
+    cfg = config_from(args)
+    with session("train", device=cfg.device) as ranks:
+        runs = train(cfg, resume=args.resume, progress=not args.no_progress, ranks=ranks)
+    for path in runs if ranks.is_main else ():
         print(path)
     return 0

@@ -296,10 +296,30 @@ def held_out_contexts(store, hook: str, n: int) -> torch.Tensor:
 
 def evaluate(cfg: EvalConfig, *, lm=None) -> dict[str, dict]:
     """Evaluate a run (or every run of a sweep): writes eval.json into each run dir and eval.md
-    (a table) into cfg.run; returns name -> metrics. All models share one pass over the eval
-    split and one set of clean / ablated language-model passes. `lm` reuses an already loaded
-    `sae_kit.lm.models.LoadedModel` instead of loading cfg.model / the store's model."""
-    dirs = run_dirs(cfg.run)
+    (a table) into cfg.run; returns name -> metrics. All models of one hook share one pass over
+    the eval split and one set of clean / ablated language-model passes; a run of several hooks
+    (on the fly) is evaluated hook by hook, each on its own activations. `lm` reuses an already
+    loaded `sae_kit.lm.models.LoadedModel` instead of loading cfg.model / the store's model."""
+    groups: dict[tuple, dict[str, Path]] = {}
+    for name, path in run_dirs(cfg.run).items():
+        info = RunInfo.load(path)
+        groups.setdefault((info.store, info.stored_hook, info.stored_target), {})[name] = path
+    results: dict[str, dict] = {}
+    for dirs in groups.values():
+        group, lm = _evaluate_group(cfg, dirs, lm)
+        results.update(group)
+    store_path = next(iter(results.values()))["store"]
+    hooks = ", ".join(dict.fromkeys(r["hook"] + (f", predicting {r['target']}" if r.get("target") else "")
+                                    for r in results.values()))
+    table = results_table(results)
+    atomic_write_text(Path(cfg.run, TABLE_FILE), f"# Evaluation of {cfg.run}\n\nHeld-out split of {store_path} at {hooks}.\n\n"
+                                                  f"{table}\n\n{suite_tables(results)}")
+    print(table)
+    return results
+
+
+def _evaluate_group(cfg: EvalConfig, dirs: dict[str, Path], lm) -> tuple[dict[str, dict], object]:
+    """evaluate() for runs of one store and hook; returns (name -> metrics, the language model used)."""
     info = RunInfo.load(next(iter(dirs.values())))
     store_path = info.store_path(cfg.store)
     store = ActivationStore(store_path)
@@ -337,12 +357,7 @@ def evaluate(cfg: EvalConfig, *, lm=None) -> dict[str, dict]:
         result["suites"] = ["core", *(suite for suite in SUITES[1:] if suite in cfg.suites)]
         result["eval_config"] = asdict(cfg)
         atomic_write_json(dirs[name] / EVAL_FILE, result)
-    table = results_table(results)
-    where = f"{hook}" + (f", predicting {target}" if target else "")
-    atomic_write_text(Path(cfg.run, TABLE_FILE), f"# Evaluation of {cfg.run}\n\nHeld-out split of {store_path} at {where}.\n\n"
-                                                  f"{table}\n\n{suite_tables(results)}")
-    print(table)
-    return results
+    return results, language.lm
 
 
 def _add_spliced(cfg: EvalConfig, results: dict, models: dict, store: ActivationStore, hook: str,

@@ -74,7 +74,7 @@ class SyntheticData:
                 yield x
 
 
-SPARSE_ARCHS = tuple(name for name, cls in ARCHITECTURES.items() if cls.sweep_field is not None)
+SPARSE_ARCHS = tuple(name for name, cls in ARCHITECTURES.items() if cls.sweep_field is not None and not cls.has_target)
 """The sparse architectures (those with a sparsity to sweep) the ground-truth check covers:
 sae, topk, batchtopk, jumprelu, gated, matryoshka."""
 

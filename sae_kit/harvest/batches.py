@@ -54,16 +54,22 @@ def batch_plan(store, batch_size, shuffle, seed, split, skip_bos, epochs, buffer
         epoch += 1
 
 
-def gather_batches(store, hook, plan, skip_batches, device, dtype) -> Iterator[torch.Tensor | tuple[torch.Tensor, ...]]:
+def gather_batches(store, hook, plan, skip_batches, device, dtype,
+                   part=None) -> Iterator[torch.Tensor | tuple[torch.Tensor, ...]]:
     """The planned batches [batch_size, d] as tensors: each buffer group's shards loaded once (its
     first `skip_batches` batches skipped without loading), moved to `device` (pinned on CUDA).
 
     `hook` is one stored hook name (yields tensors) or a tuple of them (yields a tuple of
-    tensors per batch, one per hook, row i of each being the same token)."""
+    tensors per batch, one per hook, row i of each being the same token).
+    `part=(r, n)`: only rows [r·b/n, (r+1)·b/n) of each batch (one data-parallel rank's share)."""
     hooks = (hook,) if isinstance(hook, str) else tuple(hook)
     loaded: dict[int, dict[str, torch.Tensor]] = {}
     seen = 0
     for batches in plan:
+        if part is not None:
+            r, n = part
+            batches = [(s[len(s) * r // n : len(s) * (r + 1) // n], w[len(w) * r // n : len(w) * (r + 1) // n])
+                       for s, w in batches]
         if seen + len(batches) <= skip_batches:
             seen += len(batches)
             continue

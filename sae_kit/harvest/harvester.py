@@ -8,10 +8,12 @@ computes exactly the batches an uninterrupted one would (bitwise-identical store
 from __future__ import annotations
 
 import errno
+import json
 import math
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 from sae_kit import __version__
 from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
-from sae_kit.harvest.store import MANIFEST, StoreWriter, read_manifest
+from sae_kit.harvest.store import MANIFEST, StoreWriter, merge_rank_manifests, rank_manifest_name, read_manifest
 from sae_kit.lm.corpus import CorpusSpec, check_corpus, iter_documents, pack_contexts, special_token_ids
 from sae_kit.lm.hooks import resolve_hooks, run_to_hooks
 from sae_kit.lm.models import DTYPES, LoadedModel, check_before_loading, load_model, normalise_spec, parse_dtype
@@ -84,46 +86,69 @@ class HarvestConfig(JsonConfig):
 
 
 def harvest(cfg: HarvestConfig, *, resume: bool = False, overwrite: bool = False, loaded: LoadedModel | None = None,
-            progress: bool = True) -> Path:
+            progress: bool = True, ranks=None) -> Path:
     """Run the harvest described by `cfg`; returns the store path.
 
     `resume` continues an interrupted store from its last complete shard; `overwrite`
-    replaces an existing store. `loaded` reuses an already loaded model.
+    replaces an existing store. `loaded` reuses an already loaded model. `ranks` (a
+    `sae_kit.training.distributed.Distributed`, or anything with rank, world_size, is_main,
+    barrier() and device()) splits the work over torchrun's processes: every rank packs the same
+    context stream and writes the shards whose number is ≡ rank (mod world_size), each shard
+    holding the same contexts as in a one-process harvest; rank 0 merges the rank manifests at
+    the end, so the store is the one a single process writes.
     """
+    rank, world = (ranks.rank, ranks.world_size) if ranks is not None else (0, 1)
+    main = rank == 0
     out = Path(cfg.out)
-    _check_out_dir(out, resume, overwrite)
-    resuming = resume and (out / MANIFEST).is_file()
-    if resuming:
-        stored = read_manifest(out)
+    _check_out_dir(out, resume, overwrite, delete=main)
+    if ranks is not None:
+        ranks.barrier()  # rank 0 has cleared --overwrite's files before anyone writes
+    resuming = resume and (out / rank_manifest_name(rank, world)).is_file()
+    written = out / (MANIFEST if (out / MANIFEST).is_file() else rank_manifest_name(rank, world))
+    if resume and written.is_file():
+        stored = read_manifest(out, written.name)
         _check_resume_settings(stored, cfg)
         if stored.get("complete"):
-            print(f"{out} is already complete; nothing to do", file=sys.stderr)
+            if main:
+                print(f"{out} is already complete; nothing to do", file=sys.stderr)
             return out
     # Everything that can be checked without the model, before the ~17 s it takes to load it.
     check_corpus(cfg.corpus)
+    device = ranks.device(cfg.device) if ranks is not None else cfg.device
     if loaded is None:
         facts = check_before_loading(cfg.model, cfg.hooks, cfg.context_len)
-        if facts is not None and facts.d_model:
+        if facts is not None and facts.d_model and main:
             per_token = len(cfg.hooks) * facts.d_model * parse_dtype(cfg.dtype).itemsize + META_BYTES_PER_TOKEN
             _check_disk(out, cfg.n_contexts * cfg.context_len * per_token, quiet=True)
-        loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.model_dtype)
+        loaded = load_model(cfg.model, device=device, dtype=cfg.model_dtype)
     _check_context_len(loaded, cfg.context_len)
     module_names = resolve_hooks(loaded.model, list(cfg.hooks))
-    dims = _hook_dims(loaded.model, module_names)
-    manifest = planned_manifest(cfg, loaded, module_names, dims)
-    done_contexts = read_manifest(out)["n_contexts"] if resuming else 0
+    dims = hook_dims(loaded.model, module_names)
+    manifest = {**planned_manifest(cfg, loaded, module_names, dims), **({"world_size": world} if world > 1 else {})}
+    if resume:
+        _check_resume_world(out, world)
+    done_contexts = read_manifest(out, rank_manifest_name(rank, world))["n_contexts"] if resuming else 0
     bytes_per_token = sum(dims.values()) * parse_dtype(cfg.dtype).itemsize + META_BYTES_PER_TOKEN
-    _check_disk(out, max(0, cfg.n_contexts - done_contexts) * cfg.context_len * bytes_per_token)
+    if main:
+        _check_disk(out, max(0, cfg.n_contexts - done_contexts * world) * cfg.context_len * bytes_per_token)
     if resuming:
-        writer = StoreWriter.resume(out)
+        writer = StoreWriter.resume(out, rank, world)
         _check_resume_matches(writer.manifest, manifest)
     else:
-        writer = StoreWriter.create(out, manifest)
-    write_shards(cfg, loaded, module_names, dims, writer, done_contexts, progress)
-    if writer.n_contexts < cfg.n_contexts:
-        print(f"the corpus holds only {writer.n_contexts} contexts of {cfg.context_len} tokens: "
-              f"harvested {writer.manifest['n_tokens']} tokens of the {cfg.tokens} asked for", file=sys.stderr)
+        writer = StoreWriter.create(out, manifest, rank, world)
+    write_shards(cfg, loaded, module_names, dims, writer, progress and main)
     writer.finish(corpus_exhausted=writer.n_contexts < cfg.n_contexts)
+    if world > 1:
+        ranks.barrier()
+        if main:
+            merged = merge_rank_manifests(out, corpus_exhausted=None, requested_contexts=cfg.n_contexts)
+            n_contexts, n_tokens = merged["n_contexts"], merged["n_tokens"]
+        ranks.barrier()  # the merged manifest exists before any rank reads the store
+    else:
+        n_contexts, n_tokens = writer.n_contexts, writer.manifest["n_tokens"]
+    if main and n_contexts < cfg.n_contexts:
+        print(f"the corpus holds only {n_contexts} contexts of {cfg.context_len} tokens: "
+              f"harvested {n_tokens} tokens of the {cfg.tokens} asked for", file=sys.stderr)
     return out
 
 
@@ -147,41 +172,66 @@ def planned_manifest(cfg: HarvestConfig, loaded: LoadedModel, module_names: list
     }
 
 
+def capture_batches(loaded: LoadedModel, contexts: list[list[int]], module_names: list[str], batch_size: int
+                    ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """One forward pass per `batch_size` contexts, stopping after the last hook: yields
+    (input_ids [b, C] on the CPU, {module name: hidden state [b, C, d] on the model's device})."""
+    for b in range(0, len(contexts), batch_size):
+        input_ids = torch.tensor(contexts[b : b + batch_size], dtype=torch.long)
+        yield input_ids, run_to_hooks(loaded.model, input_ids.to(loaded.device), module_names)
+
+
+def shard_tensors(contexts: list[list[int]], first_context: int, acts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of one shard: activations {hook: [n, d]} plus tokens, context and position [n]
+    of `contexts` (numbered from `first_context`)."""
+    ids = torch.tensor(contexts, dtype=torch.int32)
+    n_ctx, length = ids.shape
+    tensors = dict(acts)
+    tensors["tokens"] = ids.reshape(-1)
+    tensors["context"] = torch.arange(first_context, first_context + n_ctx, dtype=torch.int32).repeat_interleave(length)
+    tensors["position"] = torch.arange(length, dtype=torch.int32).repeat(n_ctx)
+    return tensors
+
+
 def write_shards(cfg: HarvestConfig, loaded: LoadedModel, module_names: list[str], dims: dict[str, int],
-                 writer: StoreWriter, done_contexts: int, progress: bool) -> None:
-    """Pack the corpus into contexts, skip the `done_contexts` already stored, and write the rest
-    shard by shard: one forward pass per batch of contexts, stopping after the last hook."""
+                 writer: StoreWriter, progress: bool) -> None:
+    """Pack the corpus into contexts and write this rank's shards, skipping those already stored.
+
+    Shard b holds contexts [b·S, (b+1)·S) (S = contexts_per_shard), as in a one-process harvest;
+    rank r of N writes the shards b ≡ r (mod N), so its k-th shard is b = r + k·N, the file number
+    `shard_file_name` gives it. One forward pass per batch of contexts, stopping after the last hook."""
     storage_dtype = parse_dtype(cfg.dtype)
-    contexts = pack_contexts(iter_documents(cfg.corpus), loaded.tokenizer, cfg.context_len)
-    contexts = islice(contexts, done_contexts, cfg.n_contexts)  # resume: skip what is stored
-    bar = tqdm(total=cfg.n_contexts * cfg.context_len, initial=done_contexts * cfg.context_len, unit="tok",
+    per_shard, rank, world = cfg.contexts_per_shard, writer.rank, writer.world_size
+    contexts = islice(pack_contexts(iter_documents(cfg.corpus), loaded.tokenizer, cfg.context_len), cfg.n_contexts)
+    done = len(writer.manifest["shards"])
+    bar = tqdm(total=cfg.n_contexts * cfg.context_len, initial=done * world * per_shard * cfg.context_len, unit="tok",
                unit_scale=True, desc="harvest", disable=not progress, dynamic_ncols=True)
-    next_context = done_contexts
+    block = 0  # the shard number the context stream is at
     try:
-        while shard_contexts := list(islice(contexts, cfg.contexts_per_shard)):
+        while True:
+            target = rank + world * done  # this rank's next shard
+            for _ in islice(contexts, (target - block) * per_shard):  # other ranks' shards, and resumed ones
+                pass
+            block = target
+            shard_contexts = list(islice(contexts, per_shard))
+            if not shard_contexts:
+                break
             pieces: dict[str, list[torch.Tensor]] = {n: [] for n in module_names}
-            for b in range(0, len(shard_contexts), cfg.batch_size):
-                input_ids = torch.tensor(shard_contexts[b : b + cfg.batch_size], dtype=torch.long)
-                acts = run_to_hooks(loaded.model, input_ids.to(loaded.device), module_names)
+            for input_ids, acts in capture_batches(loaded, shard_contexts, module_names, cfg.batch_size):
                 for name in module_names:
                     pieces[name].append(acts[name].reshape(-1, dims[name]).to("cpu", storage_dtype))
-                bar.update(input_ids.numel())
-            ids = torch.tensor(shard_contexts, dtype=torch.int32)
-            n_ctx, length = ids.shape
-            tensors = {name: torch.cat(parts) for name, parts in pieces.items()}
-            tensors["tokens"] = ids.reshape(-1)
-            tensors["context"] = torch.arange(next_context, next_context + n_ctx, dtype=torch.int32).repeat_interleave(length)
-            tensors["position"] = torch.arange(length, dtype=torch.int32).repeat(n_ctx)
+                bar.update(input_ids.numel() * world)
+            acts = {name: torch.cat(parts) for name, parts in pieces.items()}
             try:
-                writer.write_shard(tensors)
+                writer.write_shard(shard_tensors(shard_contexts, block * per_shard, acts))
             except OSError as err:
                 raise _write_failure(err, writer) from err
-            next_context += n_ctx
+            done, block = done + 1, block + 1
     finally:
         bar.close()
 
 
-def _hook_dims(model, module_names: list[str]) -> dict[str, int]:
+def hook_dims(model, module_names: list[str]) -> dict[str, int]:
     """Width of each hook's hidden state, from a two-token probe pass."""
     probe = torch.zeros(1, 2, dtype=torch.long, device=next(model.parameters()).device)
     return {name: int(t.shape[-1]) for name, t in run_to_hooks(model, probe, module_names).items()}
@@ -197,21 +247,34 @@ def _requested_names(model, requested: tuple[str, ...], module_names: list[str])
     return out
 
 
-def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+def _check_resume_world(out: Path, world: int) -> None:
+    """A store part-written by N processes resumes with N processes (shard numbers depend on N)."""
+    parts = sorted(out.glob("manifest.rank-*.json"))
+    before = (json.loads(parts[0].read_text()).get("world_size", len(parts)) if parts
+              else 1 if (out / MANIFEST).is_file() else world)
+    if before != world:
+        raise SaeKitError(f"--resume: {out} was being harvested by {before} process(es), not {world}; resume it "
+                          f"with the same count (torchrun --nproc-per-node {before} …, or no torchrun for 1)")
+
+
+def _check_out_dir(out: Path, resume: bool, overwrite: bool, delete: bool = True) -> None:
+    """Refuse an --out that is a file or holds something else; with --overwrite (and `delete`:
+    rank 0 only) remove the old store's files."""
     if out.exists() and not out.is_dir():
         raise SaeKitError(f"--out {out} exists and is a file; name a directory")
     if not out.is_dir() or not any(out.iterdir()):
         return
     if resume:
-        if not (out / MANIFEST).is_file():
+        if not any(out.glob("manifest*.json")):
             raise SaeKitError(f"--resume: {out} is not empty but holds no {MANIFEST}; it is not a store")
         return
     if overwrite:
-        foreign = [p.name for p in out.iterdir() if not (p.name == MANIFEST or p.name.startswith(("shard-", ".shard-", ".manifest")))]
+        foreign = [p.name for p in out.iterdir()
+                   if not (p.name.startswith(("manifest", "shard-", ".shard-", ".manifest")))]
         if foreign:
             raise SaeKitError(f"--overwrite: {out} holds files that are not part of a store ({', '.join(foreign[:5])}); "
                               "choose another --out")
-        for p in out.iterdir():
+        for p in out.iterdir() if delete else ():
             p.unlink()
         return
     raise SaeKitError(f"{out} exists and is not empty; pass --resume to continue that harvest, "

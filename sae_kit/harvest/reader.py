@@ -228,6 +228,7 @@ class ActivationStore:
         dtype: torch.dtype = torch.float32,
         drop_last: bool = True,
         prefetch: int = 2,
+        part: tuple[int, int] | None = None,
     ) -> Iterator[torch.Tensor] | Iterator[tuple[torch.Tensor, ...]]:
         """Batches [batch_size, d] of activations, deterministic given `seed`.
 
@@ -240,12 +241,14 @@ class ActivationStore:
         are permuted and cut into batches. Memory is bounded by the buffer, not the store.
         `skip_batches=n` starts exactly where batch n would start: row indices are computed
         for the skipped batches but their activations are never loaded. A background thread
-        keeps `prefetch` batches ready so the consumer never waits on disk.
+        keeps `prefetch` batches ready so the consumer never waits on disk. `part=(r, n)` yields
+        only rows [r·b/n, (r+1)·b/n) of each batch (rank r's slice under data parallelism: the
+        n ranks' slices make up exactly the one-process batch).
         """
         for name in (hook,) if isinstance(hook, str) else hook:
             self._hook(name)
         plan = batch_plan(self, batch_size, shuffle, seed, split, skip_bos, epochs, shuffle_buffer_shards, drop_last)
-        gen = gather_batches(self, hook, plan, skip_batches, device, dtype)
+        gen = gather_batches(self, hook, plan, skip_batches, device, dtype, part)
         return prefetched(gen, prefetch) if prefetch > 0 else gen
 
     # -- integrity ----------------------------------------------------------------------------

@@ -43,6 +43,11 @@ def shard_file_name(sequence: int, rank: int = 0, world_size: int = 1) -> str:
     return f"shard-{sequence * world_size + rank:05d}.safetensors"
 
 
+def rank_manifest_name(rank: int = 0, world_size: int = 1) -> str:
+    """The manifest a writer keeps current: manifest.json alone, manifest.rank-R.json among several."""
+    return MANIFEST if world_size == 1 else f"manifest.rank-{rank}.json"
+
+
 def is_eval_context(context: torch.Tensor | int, eval_every: int) -> torch.Tensor | bool:
     """Held-out split: contexts whose index is a multiple of `eval_every`."""
     return context % eval_every == 0
@@ -85,14 +90,21 @@ class StoreWriter:
 
     @classmethod
     def resume(cls, path: Path, rank: int = 0, world_size: int = 1) -> "StoreWriter":
-        """Reopen an interrupted store: drop temporary files and shards the manifest does not list."""
+        """Reopen an interrupted store: drop this rank's temporary files and the shards of this rank
+        that its manifest does not list (other ranks' files are theirs to clean up)."""
         path = Path(path)
-        manifest = read_manifest(path)
+        manifest = read_manifest(path, rank_manifest_name(rank, world_size))
         listed = {shard["file"] for shard in manifest["shards"]}
+
+        def mine(name: str) -> bool:
+            number = name.split("shard-")[-1].split(".")[0]
+            return number.isdigit() and int(number) % world_size == rank
+
         for leftover in path.glob(".*.tmp"):
-            leftover.unlink()
+            if mine(leftover.name) or leftover.name == f".{rank_manifest_name(rank, world_size)}.tmp":
+                leftover.unlink()
         for stray in path.glob("shard-*.safetensors"):
-            if stray.name not in listed:  # written but killed before the manifest named it
+            if stray.name not in listed and mine(stray.name):  # written but killed before the manifest named it
                 stray.unlink()
         return cls(path, manifest, rank, world_size)
 
@@ -129,27 +141,38 @@ class StoreWriter:
         self._save_manifest()
 
     def _save_manifest(self) -> None:
-        name = MANIFEST if self.world_size == 1 else f"manifest.rank-{self.rank}.json"
-        atomic_write_json(self.path / name, self.manifest)
+        atomic_write_json(self.path / rank_manifest_name(self.rank, self.world_size), self.manifest)
 
 
-def merge_rank_manifests(path: Path) -> dict:
+def merge_rank_manifests(path: Path, *, corpus_exhausted: bool | None = None, requested_contexts: int | None = None,
+                         remove_parts: bool = True) -> dict:
     """Join `manifest.rank-R.json` files written by several ranks into `manifest.json`.
 
-    Shards are ordered by their first context; totals are summed.
+    Shards are ordered by their first context; totals are summed. When every rank is complete,
+    the result is the manifest a one-process harvest writes (its shards in the same order, under
+    the same file names) and the rank manifests are removed (`remove_parts`). `corpus_exhausted`
+    is recomputed from `requested_contexts` when given (a rank alone cannot tell).
     """
     path = Path(path)
-    parts = [json.loads(p.read_text()) for p in sorted(path.glob("manifest.rank-*.json"))]
+    files = sorted(path.glob("manifest.rank-*.json"))
+    parts = [json.loads(p.read_text()) for p in files]
     if not parts:
         raise SaeKitError(f"{path} has no manifest.rank-*.json files to merge")
-    merged = dict(parts[0])
+    merged = {k: v for k, v in parts[0].items() if k != "world_size"}
     merged["shards"] = sorted((s for p in parts for s in p["shards"]), key=lambda s: s["first_context"])
     merged["n_tokens"] = sum(p["n_tokens"] for p in parts)
     merged["n_contexts"] = sum(p["n_contexts"] for p in parts)
     merged["complete"] = all(p["complete"] for p in parts)
+    if requested_contexts is not None:
+        corpus_exhausted = merged["n_contexts"] < requested_contexts
+    if corpus_exhausted is not None:
+        merged["corpus_exhausted"] = corpus_exhausted
     atomic_write_json(path / MANIFEST, merged)
+    if merged["complete"] and remove_parts:
+        for file in files:
+            file.unlink()
     return merged
 
 
-def read_manifest(path: Path) -> dict:
-    return read_tagged_json(path, MANIFEST, FORMAT, "an activation store", "`sae-kit harvest`")
+def read_manifest(path: Path, name: str = MANIFEST) -> dict:
+    return read_tagged_json(path, name, FORMAT, "an activation store", "`sae-kit harvest`")

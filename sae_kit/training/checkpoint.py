@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae_kit.errors import SaeKitError
+from sae_kit.training.distributed import SINGLE, Distributed
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
@@ -70,28 +71,42 @@ def rng_from_tensors(tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
 
 
-def save_checkpoint(run_dir: str | Path, state: dict, files: dict[str, dict[str, torch.Tensor]]) -> Path:
+def rank_file(name: str, ranks: Distributed) -> str:
+    """The checkpoint file of a per-rank state: NAME in one process, NAME.rank-R among several."""
+    return f"{name}.rank-{ranks.rank}" if ranks.enabled else name
+
+
+def save_checkpoint(run_dir: str | Path, state: dict, files: dict[str, dict[str, torch.Tensor]], *,
+                    ranks: Distributed = SINGLE, rank_files: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Write `state` (JSON) and `files` (name -> tensors) as RUN/checkpoint, atomically.
 
     Order: write checkpoint.tmp/ completely (fsynced), move the old checkpoint aside, rename
     the new one into place, delete the old one. `find_checkpoint` copes with a kill between
-    any two of these steps.
+    any two of these steps. Under torchrun every rank calls this: rank 0 writes `state` and
+    `files`, every rank writes its own `rank_files` (as NAME.rank-R) into the same temporary
+    directory, and rank 0 renames it once all are written.
     """
     run_dir = Path(run_dir)
     final, tmp, old = (run_dir / f"{CHECKPOINT_DIR}{suffix}" for suffix in ("", ".tmp", ".old"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, tensors in files.items():
+    if ranks.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    ranks.barrier()
+    mine = {rank_file(name, ranks): tensors for name, tensors in (rank_files or {}).items()}
+    for name, tensors in {**(files if ranks.is_main else {}), **mine}.items():
         path = tmp / f"{name}.safetensors"
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
         _fsync(path)
-    (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT, **state}, indent=2) + "\n")
-    _fsync(tmp / STATE_FILE)
-    if final.exists():
+    ranks.barrier()
+    if ranks.is_main:
+        (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT, **state}, indent=2) + "\n")
+        _fsync(tmp / STATE_FILE)
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    ranks.barrier()
     return final
 
 
@@ -105,8 +120,9 @@ def find_checkpoint(run_dir: str | Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
-    """(state, files) of a checkpoint directory written by `save_checkpoint`."""
+def load_checkpoint(path: str | Path, ranks: Distributed = SINGLE) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """(state, files) of a checkpoint directory written by `save_checkpoint`; of the per-rank
+    files (NAME.rank-R) only this rank's are read, under their plain NAME."""
     path = Path(path)
     try:
         state = json.loads((path / STATE_FILE).read_text())
@@ -116,8 +132,11 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, dict[str, torch.T
         raise SaeKitError(f"{path} is not an sae-kit checkpoint")
     files = {}
     for file in sorted(path.glob("*.safetensors")):
+        name, _, rank = file.stem.partition(".rank-")
+        if rank and (not ranks.enabled or int(rank) != ranks.rank):
+            continue
         try:
-            files[file.stem] = load_file(str(file))
+            files[name] = load_file(str(file))
         except Exception as err:
             raise SaeKitError(f"checkpoint file {file} is damaged ({err}); start the run again without --resume") from err
     return state, files
@@ -131,40 +150,68 @@ def _fsync(path: Path) -> None:
 # ----------------------------------------------------------------------------- a training run's state
 
 
-def write_checkpoint(root: Path, cfg, slots, step: int, n_steps: int, stats, extra: dict | None = None) -> None:
+def write_checkpoint(root: Path, cfg, slots, step: int, n_steps: int, stats, *, ranks: Distributed = SINGLE,
+                     source: dict[str, torch.Tensor] | None = None, extra: dict | None = None) -> None:
     """Save a training run (`sae_kit.training.loop.Slot`s, TrainConfig, InputStats) at `step`: everything
     needed to continue bit-for-bit — weights, optimizer state, dead-latent trackers, PCA moments,
-    RNG state and the reader position (batches consumed = step)."""
-    files: dict[str, dict[str, torch.Tensor]] = {"rng": rng_to_tensors()}
+    RNG state and the reader position (batches consumed = step), or the on-the-fly `source`'s
+    own state. Under torchrun every rank calls it (see `save_checkpoint`): the RNG and the
+    source state are per rank; a sharded model is gathered whole, so the files are the same
+    as one process writes."""
+    files: dict[str, dict[str, torch.Tensor]] = {}
     models = []
     for slot in slots:
-        tensors = dict(slot.model.state_dict())
+        if slot.parallel is not None:
+            slot.parallel.export_state(slot)
+        full = getattr(slot.parallel, "full_state", None)
+        tensors, optimizer = full(slot) if full else (dict(slot.model.state_dict()),
+                                                      slot.optimizer and optimizer_to_tensors(slot.optimizer))
         if slot.tracker is not None:
-            tensors["tracker.last_fired"] = slot.tracker.last_fired
+            tensors["tracker.last_fired"] = tracker_state(slot)
         if slot.covariance is not None:
             tensors.update({f"covariance.{k}": v for k, v in slot.covariance.state_tensors().items()})
         files[f"model-{slot.name}"] = tensors
         entry = {"name": slot.name, "autoencoder": slot.spec.cfg.to_dict()}
-        if slot.optimizer is not None:
-            files[f"optimizer-{slot.name}"], entry["optimizer_index"] = optimizer_to_tensors(slot.optimizer)
+        if slot.stats is not None:
+            entry["input_stats"] = asdict(slot.stats)
+        if optimizer:
+            files[f"optimizer-{slot.name}"], entry["optimizer_index"] = optimizer
         models.append(entry)
     state = {"step": step, "n_steps": n_steps, "tokens": step * cfg.batch_size, "training": cfg.to_dict(),
-             "input_stats": asdict(stats), "models": models,
+             "input_stats": asdict(stats), "models": models, "world_size": ranks.world_size,
              "reader": {"seed": cfg.seed, "batch_size": cfg.batch_size, "skip_batches": step}, **(extra or {})}
-    save_checkpoint(root, state, files)
+    rank_files = {"rng": rng_to_tensors(), **({"source": source} if source is not None else {})}
+    save_checkpoint(root, state, files, ranks=ranks, rank_files=rank_files)
 
 
-def restore_checkpoint(slots, files: dict, state: dict) -> int:
+def tracker_state(slot) -> torch.Tensor:
+    """The dead-latent tracker's last-fired steps [d_sae] of the whole model."""
+    gather = getattr(slot.parallel, "gather_latents", None)
+    return gather(slot.tracker.last_fired) if gather else slot.tracker.last_fired
+
+
+def restore_checkpoint(slots, files: dict, state: dict, ranks: Distributed = SINGLE) -> int:
     """Load a checkpoint into freshly built slots (RNG last); returns the step to continue from."""
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != ranks.world_size:
+        raise SaeKitError(f"the checkpoint was written by {saved_world} process(es), this run has {ranks.world_size}; "
+                          f"resume with the same count (torchrun --nproc-per-node {saved_world} …, or no torchrun for 1)")
     for slot, entry in zip(slots, state["models"], strict=True):
         tensors = files[f"model-{slot.name}"]
-        slot.model.load_state_dict({k: v for k, v in tensors.items() if "." not in k})
-        if slot.tracker is not None:
-            slot.tracker.last_fired.copy_(tensors["tracker.last_fired"])
+        optimizer = (files[f"optimizer-{slot.name}"], entry["optimizer_index"]) if slot.optimizer is not None else None
+        load = getattr(slot.parallel, "load_full_state", None)
+        if load:
+            load(slot, tensors, optimizer)
+        else:
+            slot.model.load_state_dict({k: v for k, v in tensors.items() if "." not in k})
+            if optimizer:
+                optimizer_from_tensors(slot.optimizer, *optimizer)
+            if slot.tracker is not None:
+                slot.tracker.last_fired.copy_(tensors["tracker.last_fired"])
         if slot.covariance is not None:
             slot.covariance.load_state_tensors({k.split(".", 1)[1]: v for k, v in tensors.items()
                                                 if k.startswith("covariance.")})
-        if slot.optimizer is not None:
-            optimizer_from_tensors(slot.optimizer, files[f"optimizer-{slot.name}"], entry["optimizer_index"])
+        if slot.parallel is not None:
+            slot.parallel.after_restore(slot)
     rng_from_tensors(files["rng"])
     return int(state["step"])

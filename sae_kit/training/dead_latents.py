@@ -22,7 +22,11 @@ class DeadLatentTracker:
     @torch.no_grad()
     def update(self, z: torch.Tensor, step: int) -> None:
         """Record latents with a positive activation anywhere in z [batch, d_sae] at `step`."""
-        fired = z.detach().amax(0) > 0
+        self.mark_fired(z.detach().amax(0) > 0, step)
+
+    @torch.no_grad()
+    def mark_fired(self, fired: torch.Tensor, step: int) -> None:
+        """Record latents `fired` [d_sae] bool (under data parallelism: fired on any rank) at `step`."""
         self.last_fired.masked_fill_(fired, step)
 
     def dead_mask(self, step: int) -> torch.Tensor:

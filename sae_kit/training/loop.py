@@ -31,12 +31,15 @@ from sae_kit.errors import SaeKitError
 from sae_kit.evaluation import metrics
 from sae_kit.training.checkpoint import find_checkpoint, write_checkpoint
 from sae_kit.training.dead_latents import DeadLatentTracker, resample_dead_latents_
+from sae_kit.training.distributed import SINGLE, AgreedError, Distributed
 from sae_kit.training.recipe import InputStats, ModelSpec, TrainConfig, l1_scale_at, lr_at
 
 METRICS_FILE = "metrics.jsonl"
-BatchSource = Callable[[int], Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]]
-"""skip_batches -> iterator of raw activation batches [batch_size, d_in], or of pairs
-(x [batch_size, d_in], y [batch_size, d_out]) for models with a target; deterministic, endless."""
+BatchSource = Callable[[int], Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]]]
+"""skip_batches -> iterator of raw activation batches [batch_size, d_in], of pairs
+(x [batch_size, d_in], y [batch_size, d_out]) for models with a target (transcoders), or of
+{key: [batch_size, d]} for models of several hook points, each slot reading its `key`;
+deterministic, endless."""
 
 
 @dataclass
@@ -55,6 +58,13 @@ class Slot:
     first_bad_step: torch.Tensor = field(default_factory=lambda: torch.tensor(-1))
     """Step of the first non-finite loss, -1 while all are finite (kept on the device: no sync)."""
     last_metrics: dict = field(default_factory=dict)
+    key: str | None = None
+    """The entry of a dict batch this model trains on (its hook); None when batches are tensors."""
+    stats: InputStats | None = None
+    """This model's input statistics, where slots of one run read different hooks (else fit's)."""
+    parallel: object | None = None
+    """How the model is spread over ranks (`training.distributed.DataParallel`,
+    `training.sharding.LatentSharding`); None in one process."""
 
     @property
     def name(self) -> str:
@@ -97,12 +107,19 @@ def fit(
     stop_after_steps: int | None = None,
     progress: bool = True,
     checkpoint_extra: dict | None = None,
+    ranks: Distributed = SINGLE,
+    source_state: Callable[[], tuple[dict, dict]] | None = None,
 ) -> bool:
     """Train `slots` for steps start_step..n_steps-1 on batches_from(start_step). Returns True when
     finished, False when stopped early by `stop_after_steps` (as a kill would, after the last
     checkpoint). Writes metrics.jsonl per slot and checkpoints under checkpoint_dir (if given),
     with `checkpoint_extra` added to their state.json. `cfg` must be resolved (`recipe.resolve`).
-    Batches of pairs (x, y) train the models to predict y from x (transcoders)."""
+    Batches of pairs (x, y) train the models to predict y from x (transcoders).
+
+    Under torchrun (`ranks`), every rank runs this loop in step: each slot's `parallel` averages
+    gradients (data parallel) or holds a slice of the latents; a batch that fails on one rank
+    fails on all; rank 0 writes metrics and checkpoints. `source_state` returns the batch
+    source's own resume state (an on-the-fly buffer) to store in each checkpoint."""
     if not cfg.resolved:
         raise ValueError("fit needs a resolved TrainConfig (batch_size, lr, b_dec_init set): call "
                          "sae_kit.training.recipe.resolve first")
@@ -117,38 +134,36 @@ def fit(
     batches = batches_from(start_step)
     try:
         for step in range(start_step, n_steps):
-            batch = next(batches, None)
-            if batch is None:
-                raise SaeKitError(f"the batch source ran dry at step {step}; the store reader must cycle (epochs=None)")
-            x, y = batch if isinstance(batch, tuple) else (batch, None)
-            x = x.to(device, non_blocking=True) * stats.scale  # E‖x‖ = √d_in (Anthropic, April 2024)
-            if y is not None:  # a transcoder's target, scaled by its own constant: E‖y‖ = √d_out
-                y = y.to(device, non_blocking=True) * stats.output_scale
+            inputs = scaled_inputs(next_batch(batches, step, ranks), slots, stats, device)
             lr, l1_scale = lr_at(step, n_steps, cfg), l1_scale_at(step, n_steps, cfg)
             log_now = (step + 1) % cfg.log_every == 0 or step + 1 == n_steps
             for slot in slots:
+                x, y = inputs[slot.key]
                 state = TrainingState(sparsity_scale=l1_scale, step=step)
                 out, grad_norm = train_step(slot, x, state, lr, cfg.max_grad_norm, autocast, target=y)
                 if log_now and out is not None:
                     slot.last_metrics = step_metrics(slot, x if y is None else y, out, state, lr, grad_norm,
-                                                     stats.output_scale, B)
+                                                     (slot.stats or stats).output_scale, B)
             if resample_steps and (step + 1) % resample_steps == 0:
-                resample(slots, x, step, checkpoint_dir is not None, target=y)
+                resample(slots, inputs, step, checkpoint_dir is not None, ranks)
             if log_now:
                 now = time.perf_counter()
                 tokens_per_s = (step + 1 - interval_step) * B / max(now - interval_start, 1e-9)
                 interval_start, interval_step = now, step + 1
-                check_finite(slots, checkpoint_dir)
-                write_metrics(slots, step, lr, tokens_per_s, bar)
+                check_finite(slots, checkpoint_dir, ranks)
+                write_metrics(slots, step, lr, tokens_per_s, bar, ranks.is_main)
             bar.update(B)
             if checkpoint_dir is not None and checkpoint_steps and (step + 1) % checkpoint_steps == 0 and step + 1 < n_steps:
-                check_finite(slots, checkpoint_dir)
-                write_checkpoint(checkpoint_dir, cfg, slots, step + 1, n_steps, stats, extra=checkpoint_extra)
+                check_finite(slots, checkpoint_dir, ranks)
+                write_checkpoint(checkpoint_dir, cfg, slots, step + 1, n_steps, stats, ranks=ranks,
+                                 source=source_state() if source_state else None, extra=checkpoint_extra)
             if stop_after_steps is not None and step + 1 >= stop_after_steps and step + 1 < n_steps:
                 return False
-        check_finite(slots, checkpoint_dir)
+        check_finite(slots, checkpoint_dir, ranks)
         for slot in slots:
             if slot.covariance is not None:
+                if slot.parallel is not None:
+                    slot.parallel.reduce_moments(slot.covariance, keep_on_all=True)
                 slot.model.fit_from(slot.covariance)
         return True
     finally:
@@ -156,6 +171,42 @@ def fit(
         if close:
             close()
         bar.close()
+
+
+def next_batch(batches, step: int, ranks: Distributed):
+    """The next batch of the source; under torchrun a source failing on one rank fails on all
+    (the others would otherwise wait for it in the next collective)."""
+    failure = None
+    try:
+        batch = next(batches, None)
+        if batch is None:
+            failure = f"the batch source ran dry at step {step}; the store reader must cycle (epochs=None)"
+    except Exception as err:
+        if not ranks.enabled:
+            raise
+        batch, failure = None, (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if ranks.enabled:
+        ranks.agree(failure)
+    elif failure is not None:
+        raise SaeKitError(failure)
+    return batch
+
+
+def scaled_inputs(batch, slots: list[Slot], stats: InputStats,
+                  device: torch.device) -> dict[str | None, tuple[torch.Tensor, torch.Tensor | None]]:
+    """{slot key: (x, y)} on `device`, x times its input scale (E‖x‖ = √d_in, Anthropic April 2024)
+    and a transcoder's target y times its own (E‖y‖ = √d_out); y is None for autoencoders."""
+    inputs: dict[str | None, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    for slot in slots:
+        if slot.key not in inputs:
+            raw = batch[slot.key] if isinstance(batch, dict) else batch
+            x, y = raw if isinstance(raw, tuple) else (raw, None)
+            scales = slot.stats or stats
+            x = x.to(device, non_blocking=True) * scales.scale
+            if y is not None:
+                y = y.to(device, non_blocking=True) * scales.output_scale
+            inputs[slot.key] = (x, y)
+    return inputs
 
 
 def train_step(slot: Slot, x: torch.Tensor, state: TrainingState, lr: float, max_grad_norm: float,
@@ -171,21 +222,34 @@ def train_step(slot: Slot, x: torch.Tensor, state: TrainingState, lr: float, max
         group["lr"] = lr * group.get("lr_scale", 1.0)
     if slot.tracker is not None and slot.model.wants_dead_mask():
         state = dataclasses.replace(state, dead_mask=slot.tracker.dead_mask(state.step))
+    parallel = slot.parallel
     with autocast:  # a target only when there is one: an SAE's training_loss(x, state) needs no such argument
-        out = (slot.model.training_loss(x, state) if target is None
-               else slot.model.training_loss(x, state, target=target))
+        if parallel is not None:
+            out = parallel.training_loss(slot.model, x, state, target)
+        elif target is None:
+            out = slot.model.training_loss(x, state)
+        else:
+            out = slot.model.training_loss(x, state, target=target)
     if faults.triggered("nan-loss", state.step + 1):  # the fault-injection suite's non-finite loss
         out = out._replace(loss=out.loss * float("nan"))
     slot.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
+    fired = out.z.detach().amax(0) > 0 if slot.tracker is not None else None
+    if parallel is not None:  # average gradients (and the firing) over ranks
+        fired = parallel.sync(slot.model, fired)
     if slot.unit_decoder:
         slot.model.remove_parallel_decoder_grad_()
-    grad_norm = torch.nn.utils.clip_grad_norm_(slot.model.parameters(), max_grad_norm) if max_grad_norm > 0 else None
+    if max_grad_norm <= 0:
+        grad_norm = None
+    elif parallel is not None:
+        grad_norm = parallel.clip(slot.model, max_grad_norm)
+    else:
+        grad_norm = torch.nn.utils.clip_grad_norm_(slot.model.parameters(), max_grad_norm)
     slot.optimizer.step()
     if slot.unit_decoder:
         slot.model.normalize_decoder_()
     if slot.tracker is not None:
-        slot.tracker.update(out.z, state.step)
+        slot.tracker.mark_fired(fired, state.step)
     # remember the first non-finite step without a device sync; checked when logging
     bad = ~torch.isfinite(out.loss.detach()) & (slot.first_bad_step < 0)
     slot.first_bad_step = torch.where(bad, state.step, slot.first_bad_step)
@@ -214,17 +278,18 @@ def step_metrics(slot: Slot, x, out, state: TrainingState, lr, grad_norm, scale,
         record["dead_fraction"] = float(slot.tracker.dead_mask(step + 1).float().mean())
     if grad_norm is not None:
         record["grad_norm"] = float(grad_norm)
-    return record
+    return slot.parallel.combine_metrics(record) if slot.parallel is not None else record
 
 
-def write_metrics(slots: list[Slot], step: int, lr: float, tokens_per_s: float, bar) -> None:
-    """Append each model's metrics line (with the interval's tokens/s) and update the bar."""
+def write_metrics(slots: list[Slot], step: int, lr: float, tokens_per_s: float, bar, write: bool = True) -> None:
+    """Append each model's metrics line (with the interval's tokens/s; only where `write`: rank 0)
+    and update the bar."""
     shown = []
     for slot in slots:
         if slot.covariance is not None:
             continue
         slot.last_metrics["tokens_per_s"] = round(tokens_per_s, 1)
-        if slot.run_dir is not None:
+        if slot.run_dir is not None and write:
             with open(slot.run_dir / METRICS_FILE, "a") as handle:
                 handle.write(json.dumps(slot.last_metrics) + "\n")
         m = slot.last_metrics
@@ -234,34 +299,45 @@ def write_metrics(slots: list[Slot], step: int, lr: float, tokens_per_s: float, 
         bar.set_postfix_str(" | ".join(shown[:3]) + (" …" if len(shown) > 3 else ""), refresh=False)
 
 
-def resample(slots: list[Slot], x: torch.Tensor, step: int, verbose: bool, target: torch.Tensor | None = None) -> None:
+def resample(slots: list[Slot], inputs: dict, step: int, verbose: bool, ranks: Distributed = SINGLE) -> None:
     """Anthropic 2023 resampling of the dead latents of every model whose remedy it is (AuxK
-    models revive theirs through their loss instead); `target`: a transcoder's batch of y."""
+    models revive theirs through their loss instead); `inputs` as `scaled_inputs` returns them
+    (a transcoder's y included). Under data parallelism rank 0 resamples on its slice and the
+    others take its weights, Adam moments and trackers."""
     for slot in slots:
         if slot.model.dead_latent_remedy != "resample" or slot.tracker is None:
             continue
         dead = slot.tracker.dead_mask(step + 1)
-        n = resample_dead_latents_(slot.model, slot.optimizer, dead, x, target=target)
+        x, y = inputs[slot.key]
+        n = resample_dead_latents_(slot.model, slot.optimizer, dead, x, target=y) if ranks.is_main else 0
+        if slot.parallel is not None:
+            n = slot.parallel.share_resampled(slot, n)
         if n:
             slot.tracker.revive(torch.nonzero(dead).flatten(), step)
-            if slot.run_dir is not None:
+            if slot.run_dir is not None and ranks.is_main:
                 with open(slot.run_dir / METRICS_FILE, "a") as handle:
                     handle.write(json.dumps({"step": step + 1, "event": "resample", "n_resampled": n}) + "\n")
             if verbose:
                 tqdm.write(f"step {step + 1}: resampled {n} dead latents of {slot.name}", file=sys.stderr)
 
 
-def check_finite(slots: list[Slot], checkpoint_dir: Path | None) -> None:
+def check_finite(slots: list[Slot], checkpoint_dir: Path | None, ranks: Distributed = SINGLE) -> None:
     """Raise SaeKitError naming the first step whose loss was not finite (the checkpoint on disk is
-    from before it and is kept)."""
+    from before it and is kept). Under torchrun the ranks agree on the first bad (step, rank), so
+    every rank raises the same error."""
     for slot in slots:
         bad = int(slot.first_bad_step)
-        if bad >= 0:
+        mine = None if bad < 0 else bad * ranks.world_size + ranks.rank
+        first = ranks.first_failure(mine)
+        if first is not None:
+            bad, rank = divmod(first, ranks.world_size)
             kept = find_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
             where = (f"the last good checkpoint ({json.loads((kept / 'state.json').read_text())['step']} steps) "
                      f"is kept in {kept}" if kept else "no checkpoint had been written yet")
-            raise SaeKitError(
-                f"step {bad + 1}: the loss of {slot.name} is not finite; {where}. Lower --lr, train in "
+            on_rank = f" on rank {rank}" if ranks.enabled else ""
+            error = AgreedError if ranks.enabled else SaeKitError
+            raise error(
+                f"step {bad + 1}: the loss of {slot.name} is not finite{on_rank}; {where}. Lower --lr, train in "
                 "--dtype float32, or check the store for non-finite activations (sae-kit verify)"
             )
 

@@ -33,12 +33,13 @@ class TrainConfig(JsonConfig):
     config_name = "training config"
     nonempty = ('store', 'out')
 
-    store: str
-    """Activation store directory (from `sae-kit harvest`)."""
+    store: str | None
+    """Activation store directory (from `sae-kit harvest`); None to train on the fly (--model, --dataset)."""
     out: str
     """Run directory to write (one sub-directory per model when several are trained)."""
-    hook: str | None = None
-    """Hook to train on (module name or the alias it was harvested as); optional if the store has one."""
+    hook: str | tuple[str, ...] | None = None
+    """Hook to train on (module name or alias; optional if the store has one); on the fly, repeat
+    --hook to train one model per hook from one forward pass (a tuple then, a string for one)."""
     archs: tuple[str, ...] = ("sae",)
     """Models to train on the same batches, by registry name: sae | topk | batchtopk | jumprelu | gated |
     matryoshka | ae | dae | vae | pca | transcoder | skip-transcoder (the last two need --target)."""
@@ -127,8 +128,37 @@ class TrainConfig(JsonConfig):
     transcoder_activation: Literal["relu", "topk"] = "relu"
     """Transcoders' sparsity: relu (ReLU + L1, swept by --l1) or topk (TopK + AuxK, swept by --k)."""
 
+    # -- on the fly and several processes (sae_kit.training.stream, sae_kit.training.distributed) --
+    model: str | None = None
+    """Train on the fly from this language model, no store: 'default', a directory, a .gguf file or a hub id."""
+    dataset: str | None = None
+    """Corpus on the fly: 'python-docs' (default), local .txt/.jsonl/.parquet files or a folder, a hub dataset."""
+    dataset_config: str | None = None
+    """Hub dataset configuration name, on the fly."""
+    dataset_split: str = "train"
+    """Dataset split to read, on the fly."""
+    text_column: str = "text"
+    """Column holding the document text, on the fly."""
+    streaming: bool = False
+    """Stream a hub dataset instead of downloading it whole, on the fly."""
+    context_len: int = 128
+    """Tokens per context (BOS included), on the fly."""
+    lm_batch_size: int = 16
+    """Contexts per language-model forward pass, on the fly."""
+    model_device: str | None = None
+    """Device of the language model on the fly (default: --device); the activations go to --device."""
+    model_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """Dtype of the language model's weights on the fly (default float32)."""
+    buffer_batches: int = 16
+    """On the fly: the shuffle buffer holds this many batches; it serves half, then refills (SAELens' mixing)."""
+    eval_contexts: int = 256
+    """On the fly: held-out contexts harvested once at start into RUN/eval-store for `sae-kit evaluate`."""
+    shard_latents: bool = False
+    """Under torchrun: split every model's latents over the ranks instead of the batch (dictionaries too large for one device)."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._check_source()
         for arch in self.archs:
             if arch not in ARCHITECTURES:
                 raise SaeKitError(f"unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
@@ -175,6 +205,36 @@ class TrainConfig(JsonConfig):
         if self.transcoder_activation != "relu" and not targeted:
             raise SaeKitError("--transcoder-activation applies to transcoders only (for a TopK SAE use --arch topk)")
 
+    def _check_source(self) -> None:
+        """--store, or --model/--dataset (on the fly), not both; one hook per store run."""
+        if isinstance(self.hook, (list, tuple)):  # one hook stays a string: old config.json files read as before
+            hooks = tuple(self.hook)
+            object.__setattr__(self, "hook", hooks[0] if len(hooks) == 1 else (hooks or None))
+        if self.store is not None and (self.model is not None or self.dataset is not None):
+            raise SaeKitError("give either --store (train from an activation store) or --model/--dataset (train on "
+                              "the fly), not both")
+        if self.store is None and self.model is None and self.dataset is None:
+            raise SaeKitError("give --store STORE, or --model M (and --dataset D) to train on the fly")
+        if self.store is not None and isinstance(self.hook, tuple):
+            raise SaeKitError("several --hook values train on the fly only (--model); from a store, train one hook per run")
+        if self.on_the_fly and self.target is not None:
+            raise SaeKitError("transcoders train from a store: harvest both hooks (sae-kit harvest --hook mlp_in.3 "
+                              "--hook mlp.3 …), then train with --store")
+        if self.on_the_fly and self.tokens is None:
+            raise SaeKitError("on the fly, say how long to train: --tokens N (there is no store to count)")
+        for name, low in (("context_len", 2), ("lm_batch_size", 1), ("buffer_batches", 2), ("eval_contexts", 0)):
+            if getattr(self, name) < low:
+                raise SaeKitError(f"--{name.replace('_', '-')} must be at least {low} (got {getattr(self, name)})")
+
+    @property
+    def on_the_fly(self) -> bool:
+        """Activations come straight from the language model (no store)."""
+        return self.store is None
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        """The hooks to train on, as a tuple (empty: the store's only hook)."""
+        return self.hook if isinstance(self.hook, tuple) else ((self.hook,) if self.hook else ())
 
     @property
     def resolved(self) -> bool:

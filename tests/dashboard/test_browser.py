@@ -298,7 +298,6 @@ def test_index_of_65536_features_loads_searches_and_sorts(browser, wide_site):
 
 
 def test_feature_map_of_65536_features(browser, wide_site):
-    started = time.perf_counter()
     page, log = open_page(browser, wide_site["site"] / "map.html")
     assert page.get_attribute("#map-plot", "data-points") == str(len(wide_site["built"]))
     assert page.locator("#map-plot.js-plotly-plot").count() == 1

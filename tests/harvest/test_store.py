@@ -112,3 +112,21 @@ def test_rank_aware_writers_merge(tmp_path):
     assert [s["file"] for s in merged["shards"]] == ["shard-00000.safetensors", "shard-00001.safetensors"]
     store = ActivationStore(tmp_path)
     assert store.n_tokens == 4 and store.context(1)["activations"]["h"].eq(1).all()
+
+
+def test_a_resuming_rank_cleans_up_only_its_own_files(tmp_path):
+    base = {"hooks": [{"name": "h", "d": 2, "dtype": "float32"}], "context_len": 2}
+    writers = [StoreWriter.create(tmp_path, base, rank=rank, world_size=2) for rank in range(2)]
+    for rank, writer in enumerate(writers):
+        writer.write_shard({"h": torch.zeros(2, 2), "tokens": torch.zeros(2, dtype=torch.int32),
+                            "context": torch.tensor([rank, rank], dtype=torch.int32),
+                            "position": torch.arange(2, dtype=torch.int32)})
+    strays = ["shard-00002.safetensors", "shard-00003.safetensors", ".shard-00005.safetensors.tmp"]
+    for name in strays:  # written by a killed rank before its manifest named them
+        (tmp_path / name).write_bytes(b"partial")
+    resumed = StoreWriter.resume(tmp_path, rank=0, world_size=2)
+    assert [s["file"] for s in resumed.manifest["shards"]] == ["shard-00000.safetensors"]
+    assert not (tmp_path / "shard-00002.safetensors").exists()  # rank 0's own stray is gone
+    assert (tmp_path / "shard-00003.safetensors").exists() and (tmp_path / ".shard-00005.safetensors.tmp").exists()
+    merged = merge_rank_manifests(tmp_path, remove_parts=False)
+    assert not merged["complete"] and (tmp_path / "manifest.rank-1.json").exists()
