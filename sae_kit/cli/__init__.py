@@ -15,10 +15,10 @@ import argparse
 import os
 import sys
 
-from sae_kit.cli import analyze, dashboard, demo, evaluate, harvest, steer, train
+from sae_kit.cli import analyze, dashboard, demo, evaluate, explain, export, harvest, steer, train
 from sae_kit.errors import SaeKitError
 
-COMMANDS = (harvest, train, evaluate, analyze, dashboard, steer, demo)
+COMMANDS = (harvest, train, evaluate, analyze, dashboard, explain, export, steer, demo)
 """Command modules, in the order `sae-kit --help` lists them."""
 
 
