@@ -201,9 +201,9 @@ def test_unreachable_endpoint_is_one_clear_error(analysis_copy, features):
 class CountingChat(TransformersChat):
     calls = 0
 
-    def generate(self, conversations, max_new_tokens):
+    def generate(self, conversations, max_new_tokens, prefix=None):
         CountingChat.calls += len(conversations)
-        return super().generate(conversations, max_new_tokens)
+        return super().generate(conversations, max_new_tokens, prefix=prefix)
 
     def yes_probability(self, conversations):
         CountingChat.calls += len(conversations)
@@ -221,6 +221,7 @@ def test_local_chat_model_end_to_end(analysis_copy, features, tiny_chat_dir):
     for f in features[:2]:
         record = audit(analysis_copy, f)
         assert record["explanation"]["messages"][-1]["content"].startswith("Excerpt 1:")
+        assert record["explanation"]["answer"].startswith("Explanation:")  # the local answer is prefilled
         if str(f) in payload["unexplained"]:  # a random model may write nothing readable; that is recorded
             assert record["explanation"]["text"] is None
             continue
@@ -281,12 +282,24 @@ def test_a_tokenizer_without_chat_template_is_refused(tiny_llama_dir):
         TransformersChat(str(tiny_llama_dir), device="cpu")
 
 
-@pytest.mark.slow
-def test_embedded_smollm2_explains_two_features(analysis_copy, features):
-    """The default explainer and scorer on two features of the tiny-store analysis (weak, but it runs)."""
-    cfg = ExplainConfig(analysis=str(analysis_copy), features=",".join(map(str, features[:2])), n_test=4,
-                        answer="logprobs", max_new_tokens=40, device="cpu")
-    payload = explain_features(cfg, progress=False)
-    assert payload["explainer"]["model"] == "SmolLM2-135M-Instruct"
-    for entry in payload["features"].values():
-        assert entry["explanation"] and 0.0 <= entry["detection"]["balanced_accuracy"] <= 1.0
+@pytest.mark.parametrize("arch", ["sae", "topk"])
+def test_random_windows_activations_match_a_plain_encode(tiny_store, arch):
+    """The windows' activations (subset encoder) against encode() of the same store rows."""
+    from sae_kit.analysis.autointerp.samples import random_windows
+    from tests.conftest import HOOK, calibrated_autoencoder
+
+    store = ActivationStore(tiny_store)
+    sae = calibrated_autoencoder(tiny_store, arch=arch, k=8 if arch == "topk" else None)
+    drawn = random_windows(store, HOOK, 64, 3, 2, seed=1)
+    features = [0, 5, 40]
+    acts = drawn.activations(sae, features)  # [S, N, W]
+    rows, cols = drawn.where
+    index = drawn.centers[rows] + cols - 3
+    got = store.gather(HOOK, index)
+    assert torch.equal(got["tokens"], drawn.tokens[rows, cols]) and torch.all(got["context"] == drawn.contexts[rows])
+    with torch.no_grad():
+        plain = sae.encode(got["acts"])[:, features]
+    assert torch.allclose(acts[:, rows, cols].T, plain, atol=1e-5)
+    outside = torch.ones(drawn.tokens.shape, dtype=torch.bool)
+    outside[rows, cols] = False
+    assert torch.all(drawn.tokens[outside] == -1) and torch.isnan(acts[:, outside]).all()

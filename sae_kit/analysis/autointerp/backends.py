@@ -43,15 +43,20 @@ class TransformersChat:
     def describe(self) -> dict:
         return {"kind": self.kind, "model": self.model_name, "url": None}
 
-    def _encode(self, conversations: list[list[dict]]) -> dict[str, torch.Tensor]:
+    def _encode(self, conversations: list[list[dict]], prefix: str | None = None) -> dict[str, torch.Tensor]:
         tokenizer = self.lm.tokenizer
-        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        if prefix:  # the answer starts with `prefix`: the model continues it (prefill)
+            texts = [tokenizer.apply_chat_template(c + [{"role": "assistant", "content": prefix}], tokenize=False,
+                                                   continue_final_message=True) for c in conversations]
+        else:
+            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         return {k: v.to(self.lm.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
     @torch.no_grad()
-    def generate(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
-        """Greedy answers, `batch_size` conversations per forward pass."""
+    def generate(self, conversations: list[list[dict]], max_new_tokens: int, prefix: str | None = None) -> list[str]:
+        """Greedy answers, `batch_size` conversations per forward pass. With `prefix`, each answer
+        is made to begin with it (returned included): small models then keep to the format."""
         from transformers import GenerationConfig
 
         tokenizer = self.lm.tokenizer
@@ -59,10 +64,10 @@ class TransformersChat:
                                   eos_token_id=tokenizer.eos_token_id)
         answers = []
         for start in range(0, len(conversations), self.batch_size):
-            enc = self._encode(conversations[start : start + self.batch_size])
+            enc = self._encode(conversations[start : start + self.batch_size], prefix)
             out = self.lm.model.generate(**enc, generation_config=config)
             answers += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        return [a.strip() for a in answers]
+        return [((prefix or "") + a).strip() for a in answers]
 
     @torch.no_grad()
     def yes_probability(self, conversations: list[list[dict]]) -> list[tuple[float | None, float]]:
@@ -135,7 +140,8 @@ class OpenAIChat:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:  # results keep the input order
             return list(pool.map(function, items))
 
-    def generate(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+    def generate(self, conversations: list[list[dict]], max_new_tokens: int, prefix: str | None = None) -> list[str]:
+        """The answers; `prefix` is not sent (chat endpoints do not all support prefilling)."""
         def one(messages):
             response = self._create(messages, max_tokens=max_new_tokens)
             return (response.choices[0].message.content or "").strip() if response.choices else ""

@@ -14,13 +14,15 @@ from __future__ import annotations
 import math
 
 LEFT, RIGHT = "<<", ">>"
+EXPLANATION_PREFIX = "Explanation:"
+"""How the explainer's answer must end; local models are made to start their answer with it."""
 MAX_STRENGTHS_PER_EXAMPLE = 10
 
 EXPLAINER_SYSTEM = f"""You study one feature of a language model: a unit that fires on some tokens of a text and stays silent on others.
 You are shown excerpts of text in which the feature fires. The tokens it fires on are marked {LEFT}like this{RIGHT}. Below each excerpt, every marked token is listed with the feature's strength on it, from 1 (weak) to 10 (its strongest).
 Work out what the marked tokens have in common: the tokens themselves, the words just before them, or the kind of text around them. Then describe, in one short phrase, when the feature fires. Do not mention the {LEFT} {RIGHT} marks.
 End your answer with one line of the form
-Explanation: <short phrase>"""
+{EXPLANATION_PREFIX} <short phrase>"""
 
 EXPLAINER_SHOT = (
     f"Excerpt 1: the meeting was moved to {LEFT}March{RIGHT} 3, 2021 because\n"

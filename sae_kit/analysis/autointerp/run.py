@@ -22,8 +22,8 @@ from sae_kit import __version__
 from sae_kit.analysis.autointerp.backends import make_chat_model
 from sae_kit.analysis.autointerp.config import ExplainConfig
 from sae_kit.analysis.autointerp.parsing import parse_explanation
-from sae_kit.analysis.autointerp.prompts import explainer_example, explainer_messages
-from sae_kit.analysis.autointerp.samples import FeatureExcerpts, collect_excerpts
+from sae_kit.analysis.autointerp.prompts import EXPLANATION_PREFIX, explainer_example, explainer_messages
+from sae_kit.analysis.autointerp.samples import FeatureExcerpts, collect_excerpts, random_windows
 from sae_kit.analysis.autointerp.scoring import ask, detection_samples, fuzzing_samples
 from sae_kit.analysis.result import (EXPLANATIONS_FILE, EXPLANATIONS_FORMAT, EXPLANATIONS_VERSION, load_analysis,
                                      parse_feature_list, select_features)
@@ -106,12 +106,12 @@ def explain_features(cfg: ExplainConfig, *, explainer=None, scorer=None, autoenc
         autoencoder = load_autoencoder(analysis.run, device=cfg.device)
     store, tokenizer = ActivationStore(analysis.store), analysis.load_tokenizer()
     (analysis_dir / AUDIT_DIR).mkdir(exist_ok=True)
+    drawn = random_windows(store, analysis.hook, cfg.negative_candidates, cfg.before, cfg.after, cfg.seed)
     bar = tqdm(total=len(todo), desc="explain", unit="feature", disable=not progress)
     for start in range(0, len(todo), CHUNK):
         chunk = collect_excerpts(analysis, todo[start : start + CHUNK], autoencoder=autoencoder, store=store,
-                                 tokenizer=tokenizer, before=cfg.before, after=cfg.after, explain_top=cfg.explain_top,
-                                 explain_per_band=cfg.explain_per_band, n_test=cfg.n_test,
-                                 negative_candidates=cfg.negative_candidates, seed=cfg.seed)
+                                 tokenizer=tokenizer, drawn=drawn, after=cfg.after, explain_top=cfg.explain_top,
+                                 explain_per_band=cfg.explain_per_band, n_test=cfg.n_test, seed=cfg.seed)
         for excerpts in chunk:
             record = explain_one(excerpts, float(analysis.max_activation[excerpts.feature]), explainer, scorer, cfg)
             key = str(excerpts.feature)
@@ -142,7 +142,7 @@ def explain_one(excerpts: FeatureExcerpts, max_activation: float, explainer, sco
                                  "examples": []}
         return record
     messages = explainer_messages(shown)
-    answer = explainer.generate([messages], cfg.max_new_tokens)[0]
+    answer = explainer.generate([messages], cfg.max_new_tokens, prefix=EXPLANATION_PREFIX)[0]
     text, how = parse_explanation(answer)
     record["explanation"] = {"text": text, "parsed_from": how, "messages": messages, "answer": answer,
                              "examples": [e.to_dict() for e in excerpts.explain]}

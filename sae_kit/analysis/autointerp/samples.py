@@ -128,12 +128,41 @@ def window_excerpts(windows: ExampleWindows, row: int, names: dict[int, str], sp
     return groups[0], groups[1:]
 
 
-@torch.no_grad()
-def random_windows(store: ActivationStore, hook: str, autoencoder, features: list[int], n: int, before: int,
-                   after: int, seed: int) -> dict[str, torch.Tensor]:
-    """Windows around n random store tokens (drawn with replacement, duplicates dropped) and the
-    activations of `features` [S] on them: centers [N], contexts [N], positions [N],
-    tokens [N, W] (−1 outside the context), activations [S, N, W] (NaN outside)."""
+@dataclass(frozen=True)
+class RandomWindows:
+    """Windows around N random store tokens, gathered once and re-encoded for any features.
+    W = before + 1 + after; m = the window tokens inside their example's context."""
+
+    centers: torch.Tensor
+    """[N] int64 global index of each drawn token."""
+    contexts: torch.Tensor
+    """[N] int64 its context."""
+    positions: torch.Tensor
+    """[N] int64 its position in the context."""
+    tokens: torch.Tensor
+    """[N, W] int64 token ids (−1 outside the context)."""
+    where: tuple[torch.Tensor, torch.Tensor]
+    """Window slots (row, column) of the m tokens inside the context."""
+    acts: torch.Tensor
+    """[m, d_in] their stored activations."""
+    before: int
+
+    @torch.no_grad()
+    def activations(self, autoencoder, features: list[int]) -> torch.Tensor:
+        """[S, N, W] activations of `features` on every window token (NaN outside the context)."""
+        param = next(autoencoder.parameters(), torch.empty(0))
+        encode = autoencoder.subset_encoder(torch.as_tensor(features, dtype=torch.long, device=param.device))
+        x = self.acts.to(param.device, param.dtype if param.is_floating_point() else torch.float32)
+        z = (torch.cat([encode(x[i : i + 4096]).float().cpu() for i in range(0, x.shape[0], 4096)]) if x.shape[0]
+             else torch.zeros(0, len(features)))
+        out = torch.full((len(features), *self.tokens.shape), float("nan"))
+        out[:, self.where[0], self.where[1]] = z.T
+        return out
+
+
+def random_windows(store: ActivationStore, hook: str, n: int, before: int, after: int, seed: int) -> RandomWindows:
+    """Windows around n random store tokens (drawn with replacement, duplicates dropped), cut at
+    their context's edges; reading the store once for all features."""
     generator = torch.Generator().manual_seed(seed)
     centers = torch.randint(0, store.n_tokens, (n,), generator=generator).unique()
     meta = store.gather(None, centers)
@@ -142,39 +171,35 @@ def random_windows(store: ActivationStore, hook: str, autoencoder, features: lis
     where = inside.nonzero(as_tuple=True)
     rows = store.gather(hook, window[where])
     same = rows["context"] == meta["context"][where[0]]
-    where = tuple(w[same] for w in where)
+    where = (where[0][same], where[1][same])
     tokens = torch.full(window.shape, -1, dtype=torch.long)
     tokens[where] = rows["tokens"][same]
-    param = next(autoencoder.parameters(), torch.empty(0))
-    encode = autoencoder.subset_encoder(torch.as_tensor(features, dtype=torch.long, device=param.device))
-    x = rows["acts"][same].to(param.device, param.dtype if param.is_floating_point() else torch.float32)
-    z = torch.cat([encode(x[i : i + 4096]).float().cpu() for i in range(0, x.shape[0], 4096)]) if x.shape[0] \
-        else torch.zeros(0, len(features))
-    activations = torch.full((len(features), *window.shape), float("nan"))
-    activations[:, where[0], where[1]] = z.T
-    return {"centers": centers, "contexts": meta["context"], "positions": meta["position"], "tokens": tokens,
-            "activations": activations}
+    return RandomWindows(centers=centers, contexts=meta["context"], positions=meta["position"], tokens=tokens,
+                         where=where, acts=rows["acts"][same], before=before)
 
 
-def negative_excerpts(drawn: dict[str, torch.Tensor], row: int, before: int, names: dict[int, str],
+def negative_excerpts(drawn: RandomWindows, activations: torch.Tensor, names: dict[int, str],
                       special: set[int]) -> list[Excerpt]:
-    """The drawn windows on which feature `row` of `drawn` is zero at every shown token."""
+    """The drawn windows on which a feature (activations [N, W]) is zero at every shown token."""
     out = []
-    for i in range(drawn["centers"].shape[0]):
-        excerpt = _excerpt(drawn["tokens"][i], drawn["activations"][row, i], before, int(drawn["centers"][i]),
-                           int(drawn["contexts"][i]), int(drawn["positions"][i]), "random", names, special)
+    for i in range(drawn.centers.shape[0]):
+        excerpt = _excerpt(drawn.tokens[i], activations[i], drawn.before, int(drawn.centers[i]),
+                           int(drawn.contexts[i]), int(drawn.positions[i]), "random", names, special)
         if excerpt is not None and len(excerpt.tokens) > 1 and excerpt.max_activation <= 0:
             out.append(excerpt)
     return out
 
 
-def collect_excerpts(analysis, features: list[int], *, autoencoder, store: ActivationStore, tokenizer, before: int,
-                     after: int, explain_top: int, explain_per_band: int, n_test: int, negative_candidates: int,
+def collect_excerpts(analysis, features: list[int], *, autoencoder, store: ActivationStore, tokenizer,
+                     drawn: RandomWindows, after: int, explain_top: int, explain_per_band: int, n_test: int,
                      seed: int) -> list[FeatureExcerpts]:
-    """The explanation, held-out and non-activating excerpts of each feature (module docstring)."""
+    """The explanation, held-out and non-activating excerpts of each feature (module docstring);
+    `drawn` (`random_windows`) holds the candidate non-activating windows, `drawn.before` tokens
+    before each example token."""
+    before = drawn.before
     windows = example_windows(analysis, features, autoencoder=autoencoder, store=store, before=before, after=after)
-    drawn = random_windows(store, analysis.hook, autoencoder, features, negative_candidates, before, after, seed)
-    ids = torch.cat([windows.tokens.reshape(-1), drawn["tokens"].reshape(-1)])
+    negative_acts = drawn.activations(autoencoder, features)  # [S, N, W]
+    ids = torch.cat([windows.tokens.reshape(-1), drawn.tokens.reshape(-1)])
     names = display_tokens(tokenizer, ids[ids >= 0].unique().tolist())
     special = {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
     span = before + after
@@ -184,7 +209,7 @@ def collect_excerpts(analysis, features: list[int], *, autoencoder, store: Activ
         top, bands = window_excerpts(windows, row, names, special)
         explain, test = split_examples(top, bands, explain_top=explain_top, explain_per_band=explain_per_band,
                                        n_test=n_test, span=span, rng=rng)
-        negatives = negative_excerpts(drawn, row, before, names, special)
+        negatives = negative_excerpts(drawn, negative_acts[row], names, special)
         negatives = rng.sample(negatives, min(len(test), len(negatives)))
         out.append(FeatureExcerpts(feature=feature, explain=explain, test=test, negatives=negatives))
     return out
