@@ -41,7 +41,8 @@ from sae_kit.analysis.examples import ExampleWindows, example_windows
 from sae_kit.analysis.logit_effects import unembedding
 from sae_kit.analysis.neuronpedia_upload import (activation_rows, explanation_row, feature_row, model_row,
                                                  release_row, source_row, sourceset_row)
-from sae_kit.analysis.result import load_analysis, load_explanations, parse_feature_list, select_features
+from sae_kit.analysis.result import (EXPLANATIONS_FILE, load_analysis, load_explanations, parse_feature_list,
+                                     select_features)
 from sae_kit.artifacts import atomic_write_bytes, atomic_write_json, prepare_output_dir
 from sae_kit.autoencoders import load_autoencoder
 from sae_kit.config import JsonConfig
@@ -58,6 +59,8 @@ ALIGNMENT_ROWS = 3
 """SAEDashboard's FeatureTablesConfig(n_rows=3)."""
 FALLBACK_CREATOR_ID = "clkht01d40000jv08hvalcvly"
 """The creator id SAEDashboard's `resolve_creator_id` falls back to (no flag, no DEFAULT_CREATOR_ID)."""
+EXPLANATION_TYPE = "sae-kit-autointerp"
+"""typeName of the exported explanations (Neuronpedia's ExplanationType names the method)."""
 HOOK_POINTS = {"resid": "hook_resid_post", "mlp": "hook_mlp_out", "attn": "hook_attn_out", "mlp_in": "hook_mlp_in"}
 """sae-kit hook aliases -> TransformerLens hook points (Neuronpedia names hooks the TransformerLens way)."""
 
@@ -134,35 +137,16 @@ def export_neuronpedia(analysis_dir: str | Path, out_dir: str | Path, features: 
     for sub in ("features", "activations") + (("explanations",) if explanations else ()):
         (source_dir / sub).mkdir(parents=True, exist_ok=True)
     (out / "dashboard").mkdir(parents=True, exist_ok=True)
-    before = store.context_len if opts.before is None else opts.before
-    after = store.context_len if opts.after is None else opts.after
-    special = {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
+    manifest = {"format": FORMAT, "sae_kit_version": __version__, "created": created,
+                "analysis": str(Path(analysis_dir).resolve()), **ids, "features": len(chosen),
+                "explanations": len(explanations), "options": opts.to_dict(), "complete": False}
+    atomic_write_json(out / MANIFEST, manifest)  # marks the directory, so an interrupted export can be overwritten
+    context = dict(analysis=analysis, autoencoder=autoencoder, store=store, tokenizer=tokenizer, unembed=unembed,
+                   explanations=explanations, ids=ids, opts=opts, created=created, out=out, source_dir=source_dir,
+                   explainer=_explainer_name(analysis_dir))
     n_batches = 0
     for start in range(0, len(chosen), opts.batch_size):
-        batch = chosen[start : start + opts.batch_size]
-        windows = example_windows(analysis, batch, autoencoder=autoencoder, store=store, before=before, after=after,
-                                  progress=False)
-        token_ids = [windows.tokens[windows.tokens >= 0]]
-        if analysis.promoted_ids is not None:
-            token_ids += [analysis.promoted_ids[batch].reshape(-1), analysis.suppressed_ids[batch].reshape(-1)]
-        names = display_tokens(tokenizer, torch.cat(token_ids).unique().tolist(), visible=False)
-        feats = [dashboard_feature(analysis, windows, row, names, special, autoencoder, unembed, store, opts)
-                 for row in range(len(batch))]
-        name = f"batch-{n_batches}"
-        payload = {"model_id": ids["model_id"], "layer": ids["layer"], "sae_set": ids["source_set"],
-                   "sae_id_suffix": opts.sae_id_suffix, "features": feats}
-        atomic_write_bytes(out / "dashboard" / f"{name}.json", json.dumps(payload).encode(), fsync=False)
-        common = dict(model_id=ids["model_id"], source_id=ids["source_id"], creator_id=ids["creator_id"],
-                      created=created)
-        _write_jsonl_gz(source_dir / "features" / f"{name}.jsonl.gz",
-                        [feature_row(f, hook_name=ids["hook_name"], **common) for f in feats])
-        _write_jsonl_gz(source_dir / "activations" / f"{name}.jsonl.gz",
-                        [row for f in feats for row in activation_rows(f, **common)])
-        if explanations:
-            rows = [explanation_row(f, explanations[f], explainer_model=_explainer_name(analysis_dir),
-                                    type_name="sae-kit-autointerp", **common)
-                    for f in batch if f in explanations and explanations[f].get("explanation")]
-            _write_jsonl_gz(source_dir / "explanations" / f"{name}.jsonl.gz", rows)
+        _write_batch(chosen[start : start + opts.batch_size], f"batch-{n_batches}", **context)
         n_batches += 1
         if progress:
             print(f"neuronpedia: {min(start + opts.batch_size, len(chosen))}/{len(chosen)} features", file=sys.stderr)
@@ -171,11 +155,35 @@ def export_neuronpedia(analysis_dir: str | Path, out_dir: str | Path, features: 
     atomic_write_json(out / "dashboard" / "skipped_indexes.json",
                       {"model_id": ids["model_id"], "layer": str(ids["layer"]), "sae_set": ids["source_set"],
                        "log_sparsity": None, "skipped_indexes": skipped}, fsync=False)
-    atomic_write_json(out / MANIFEST, {"format": FORMAT, "sae_kit_version": __version__, "created": created,
-                                       "analysis": str(Path(analysis_dir).resolve()), **ids, "features": len(chosen),
-                                       "batches": n_batches, "explanations": len(explanations),
-                                       "options": opts.to_dict()})
+    atomic_write_json(out / MANIFEST, {**manifest, "batches": n_batches, "complete": True})
     return out
+
+
+def _write_batch(batch: list[int], name: str, *, analysis, autoencoder, store, tokenizer, unembed, explanations,
+                 ids: dict, opts: NeuronpediaOptions, created: str, out: Path, source_dir: Path, explainer: str) -> None:
+    """dashboard/NAME.json and the features, activations and explanations NAME.jsonl.gz of `batch`."""
+    before = store.context_len if opts.before is None else opts.before
+    after = store.context_len if opts.after is None else opts.after
+    windows = example_windows(analysis, batch, autoencoder=autoencoder, store=store, before=before, after=after)
+    token_ids = [windows.tokens[windows.tokens >= 0]]
+    if analysis.promoted_ids is not None:
+        token_ids += [analysis.promoted_ids[batch].reshape(-1), analysis.suppressed_ids[batch].reshape(-1)]
+    names = display_tokens(tokenizer, torch.cat(token_ids).unique().tolist(), visible=False)
+    special = {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
+    feats = [dashboard_feature(analysis, windows, row, names, special, autoencoder, unembed, store, opts)
+             for row in range(len(batch))]
+    payload = {"model_id": ids["model_id"], "layer": ids["layer"], "sae_set": ids["source_set"],
+               "sae_id_suffix": opts.sae_id_suffix, "features": feats}
+    atomic_write_bytes(out / "dashboard" / f"{name}.json", json.dumps(payload).encode(), fsync=False)
+    common = dict(model_id=ids["model_id"], source_id=ids["source_id"], creator_id=ids["creator_id"], created=created)
+    _write_jsonl_gz(source_dir / "features" / f"{name}.jsonl.gz",
+                    [feature_row(f, hook_name=ids["hook_name"], **common) for f in feats])
+    _write_jsonl_gz(source_dir / "activations" / f"{name}.jsonl.gz",
+                    [row for f in feats for row in activation_rows(f, **common)])
+    if explanations:
+        rows = [explanation_row(f, explanations[f], explainer_model=explainer, type_name=EXPLANATION_TYPE, **common)
+                for f in batch if f in explanations and explanations[f].get("explanation")]
+        _write_jsonl_gz(source_dir / "explanations" / f"{name}.jsonl.gz", rows)
 
 
 def dashboard_feature(analysis, windows: ExampleWindows, row: int, names: dict[int, str], special: set[int],
@@ -324,7 +332,8 @@ def _dataset(store: ActivationStore) -> str:
 
 
 def _explainer_name(analysis_dir) -> str:
-    path = Path(analysis_dir) / "explanations.json"
+    """The explainer model recorded in A/explanations.json ('' if none)."""
+    path = Path(analysis_dir) / EXPLANATIONS_FILE
     try:
         return str(json.loads(path.read_text()).get("explainer", {}).get("model", ""))
     except (OSError, ValueError):

@@ -208,7 +208,7 @@ def test_upload_layout_has_neuronpedias_fields_and_types(exported):
     assert explanations[0]["description"] == "a test phrase" and explanations[0]["index"] == "11"
     assert explanations[0]["explanationModelName"] == "some-llm" and "0.750" in explanations[0]["notes"]
     manifest = json.loads((out / "neuronpedia.json").read_text())
-    assert manifest["format"] == "sae-kit-neuronpedia-export" and manifest["features"] == 7
+    assert manifest["format"] == "sae-kit-neuronpedia-export" and manifest["features"] == 7 and manifest["complete"]
 
 
 def test_histograms_against_hand_computations():
