@@ -4,6 +4,7 @@
                               "n_tokens", "top_k", "n_quantiles", "hist_bins", ...}
     A/features.safetensors   the per-feature tensors (FeatureAnalysis lists them with shapes)
     A/tokenizer/             a copy of the model's tokenizer (when logit effects were computed)
+    A/explanations.json      explanations and their scores, when `sae-kit explain` ran (`load_explanations`)
 
 Written by `sae_kit.analysis.streaming.analyze`; everything here is re-exported from `sae_kit.analysis`.
 """
@@ -26,6 +27,9 @@ INFO_FILE = "analysis.json"
 TENSORS_FILE = "features.safetensors"
 TOKENIZER_DIR = "tokenizer"
 SORT_KEYS = ("max_activation", "density", "mean_nonzero", "index")
+EXPLANATIONS_FILE = "explanations.json"
+EXPLANATIONS_FORMAT = "sae-kit-explanations"
+EXPLANATIONS_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,23 @@ def load_analysis(path: str | Path) -> FeatureAnalysis:
     if missing:
         raise SaeKitError(f"{path / TENSORS_FILE} lacks {', '.join(missing)}; written by another version? run it again")
     return FeatureAnalysis(path=path, info=info, **{name: tensors.get(name) for name in TENSOR_FIELDS})
+
+
+def load_explanations(analysis_dir: str | Path) -> dict[int, dict]:
+    """Feature id -> {"explanation": str, "detection": {"balanced_accuracy", "n", …}, "fuzzing": …}
+    from A/explanations.json (written by `sae-kit explain`); {} when the file is absent."""
+    path = Path(analysis_dir)
+    if not (path / EXPLANATIONS_FILE).is_file():
+        return {}
+    payload = read_tagged_json(path, EXPLANATIONS_FILE, EXPLANATIONS_FORMAT, "explanations of features",
+                               "`sae-kit explain`")
+    if payload.get("format_version", 1) > EXPLANATIONS_VERSION:
+        raise SaeKitError(f"{path / EXPLANATIONS_FILE} has format version {payload['format_version']}, "
+                          f"newer than this sae-kit reads ({EXPLANATIONS_VERSION}); upgrade sae-kit")
+    try:
+        return {int(feature): entry for feature, entry in payload.get("features", {}).items()}
+    except (AttributeError, ValueError) as err:
+        raise SaeKitError(f"{path / EXPLANATIONS_FILE} has malformed feature entries ({err}); run sae-kit explain again") from err
 
 
 # ----------------------------------------------------------------------------- choosing features

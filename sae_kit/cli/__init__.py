@@ -15,10 +15,10 @@ import argparse
 import os
 import sys
 
-from sae_kit.cli import analyze, dashboard, demo, evaluate, export, harvest, import_, steer, train
+from sae_kit.cli import analyze, dashboard, demo, evaluate, explain, export, harvest, import_, steer, train
 from sae_kit.errors import SaeKitError, describe_os_error
 
-COMMANDS = (harvest, train, evaluate, analyze, dashboard, steer, demo, export, import_)
+COMMANDS = (harvest, train, evaluate, analyze, dashboard, explain, steer, demo, export, import_)
 """Command modules, in the order `sae-kit --help` lists them."""
 
 

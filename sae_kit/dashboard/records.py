@@ -7,9 +7,7 @@ the example windows of a block of features); token ids are written as the site's
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,8 +30,6 @@ INDEX_PROMOTED = 3
 """Promoted tokens listed in the index."""
 SPARK_BINS = 16
 """Columns of the index's histogram sparkline."""
-EXPLANATIONS_FILE = "explanations.json"
-EXPLANATIONS_FORMAT = "sae-kit-explanations"
 NEIGHBOUR_EXPLANATION_CHARS = 80
 
 
@@ -47,19 +43,6 @@ def sig_list(values: torch.Tensor, digits: int = 4) -> list[float]:
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-def read_explanations(analysis_dir: str | Path) -> dict[int, dict]:
-    """ANALYSIS/explanations.json (written by `sae-kit explain`) as {feature: {"explanation", "detection",
-    "fuzzing", ...}}; {} when absent. (The same reader as `sae_kit.analysis.result.load_explanations`
-    on the autointerp branch; the merge keeps one.)"""
-    file = Path(analysis_dir) / EXPLANATIONS_FILE
-    if not file.is_file():
-        return {}
-    payload = json.loads(file.read_text(encoding="utf-8"))
-    if payload.get("format") != EXPLANATIONS_FORMAT:
-        return {}
-    return {int(f): entry for f, entry in payload.get("features", {}).items() if isinstance(entry, dict)}
 
 
 def explanation_scores(entry: dict) -> dict[str, float]:

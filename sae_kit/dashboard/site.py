@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from sae_kit import __version__
 from sae_kit.analysis.examples import example_windows
 from sae_kit.analysis.neighbours import Neighbours, decoder_neighbours
-from sae_kit.analysis.result import load_analysis, select_features
+from sae_kit.analysis.result import load_analysis, load_explanations, select_features
 from sae_kit.artifacts import (
     atomic_write_json,
     atomic_write_text,
@@ -52,7 +52,6 @@ from sae_kit.dashboard.records import (
     LABEL_TOKENS,
     feature_records,
     index_columns,
-    read_explanations,
     store_token_codes,
     top_token_labels,
 )
@@ -140,7 +139,7 @@ def build_site(
     if tokenizer is None:
         tokenizer = lm.tokenizer if lm is not None else analysis.load_tokenizer()
     store = ActivationStore(analysis.store)
-    explanations = read_explanations(analysis_dir)
+    explanations = load_explanations(analysis_dir)
     built = torch.tensor(chosen, dtype=torch.long)
     timings: dict[str, float] = {}
 

@@ -57,8 +57,8 @@ def _raw_bytes(piece: str) -> bytes | None:
     return None
 
 
-def display_tokens(tokenizer, ids: Iterable[int]) -> dict[int, str]:
-    """Visible text of each distinct token id: {id: text}."""
+def display_tokens(tokenizer, ids: Iterable[int], visible: bool = True) -> dict[int, str]:
+    """Visible text of each distinct token id: {id: text} (visible=False: newlines and tabs kept as they are)."""
     unique = sorted({int(i) for i in ids})
     if not unique:
         return {}
@@ -74,6 +74,6 @@ def display_tokens(tokenizer, ids: Iterable[int]) -> dict[int, str]:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError:
                     text = "".join(f"\\x{b:02x}" for b in raw)
-        out[token_id] = make_visible(text)
+        out[token_id] = make_visible(text) if visible else text
     return out
 

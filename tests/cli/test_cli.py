@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sae_kit.analysis import AnalysisConfig
+from sae_kit.analysis.autointerp import ExplainConfig
 from sae_kit.analysis.prompt_view import PromptViewConfig
 from sae_kit.autoencoders.saelens import SaelensExportConfig, SaelensImportConfig
 from sae_kit.autoencoders.sparsify import SparsifyImportConfig
@@ -32,11 +33,11 @@ from sae_kit.training import TrainConfig
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "sae_kit"
 EXPECTED_COMMANDS = {"hooks", "harvest", "verify", "train", "evaluate", "analyze", "features", "dashboard", "steer",
-                     "demo", "export", "import"}
+                     "demo", "explain", "export", "import"}
 CONFIGS = {  # command -> the config dataclasses whose every flag-able field must be a flag
     "harvest": (HarvestConfig, CorpusSpec), "train": (TrainConfig,), "evaluate": (EvalConfig,),
     "analyze": (AnalysisConfig,), "features": (PromptViewConfig,), "dashboard": (SiteOptions,),
-    "steer": (SteerConfig, GenerateOptions), "demo": (DemoConfig,),
+    "steer": (SteerConfig, GenerateOptions), "demo": (DemoConfig,), "explain": (ExplainConfig,),
 }
 
 
