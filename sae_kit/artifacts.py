@@ -103,18 +103,43 @@ def read_tagged_json(directory: str | Path, file_name: str, fmt: str, what: str,
     return payload
 
 
+INCOMPLETE_FILE = ".incomplete"
+"""Present in an output directory while a stage writes it (holds what is being written): a run
+killed part-way leaves it, and the same command run again recognises its own unfinished output
+and replaces it, with no --overwrite needed (`prepare_output_dir`, `finish_output_dir`)."""
+
+
 def prepare_output_dir(out: str | Path, marker_file: str, what: str, overwrite: bool,
                        clear: tuple[str, ...] = ()) -> Path:
-    """Check `out` may receive `what`: absent, empty, or (with `overwrite`) holding one already,
-    recognised by `marker_file`. Sub-directories in `clear` are removed before overwriting."""
+    """Check `out` may receive `what` and mark it as being written: absent, empty, left unfinished
+    by an interrupted run of the same stage, or (with `overwrite`) holding one already, recognised
+    by `marker_file`. Sub-directories in `clear` are removed before writing again."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SaeKitError(f"--out {out} is a file; name a directory")
     if out.is_dir() and any(out.iterdir()):
-        if not (out / marker_file).is_file():
+        unfinished = _unfinished(out) == what
+        if not unfinished and not (out / marker_file).is_file():
             raise SaeKitError(f"{out} is not empty and does not hold {what}; choose another --out (nothing was changed)")
-        if not overwrite:
+        if not unfinished and not overwrite:
             raise SaeKitError(f"{out} already holds {what}; pass --overwrite to replace it")
         for name in clear:
             shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    # a plain write, not an atomic one: the marker's presence is what counts, and it must not
+    # shift the atomic-write counts the fault-injection suite aims at
+    (out / INCOMPLETE_FILE).write_text(what, encoding="utf-8")
     return out
+
+
+def finish_output_dir(out: str | Path) -> None:
+    """Mark `out` complete (after its marker file is written): drop the unfinished-run marker."""
+    (Path(out) / INCOMPLETE_FILE).unlink(missing_ok=True)
+
+
+def _unfinished(out: Path) -> str | None:
+    """What an interrupted run left unfinished in `out`, or None."""
+    try:
+        return (out / INCOMPLETE_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None

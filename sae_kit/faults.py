@@ -2,8 +2,9 @@
 
 `SAE_KIT_FAULTS` names faults to inject, comma-separated, each `POINT:N`:
 
-- `enospc:N`   the N-th atomic file write (1-based, counted per process) fails with ENOSPC after
-               writing half of its temporary file, as a full disk does;
+- `enospc:N`   the N-th file write (1-based, counted per process: atomic writes and the files of
+               a training checkpoint) fails with ENOSPC after writing half of its temporary file,
+               as a full disk does;
 - `nan-loss:N` the training loss of step N (1-based) is made NaN;
 - `kill:N`     the process SIGKILLs itself at the N-th atomic write (between two files).
 
@@ -14,6 +15,7 @@ allows; injection covers the rest (see the README's "Guarantees").
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -45,6 +47,12 @@ def triggered(point: str, index: int | None = None) -> bool:
         return index == plan[point]
     _counts[point] = _counts.get(point, 0) + 1
     return _counts[point] == plan[point]
+
+
+def maybe_disk_full(path) -> None:
+    """Raise OSError(ENOSPC) for `path` if the `enospc` fault fires now (a full disk)."""
+    if triggered("enospc"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 def maybe_kill() -> None:

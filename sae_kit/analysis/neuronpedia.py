@@ -43,7 +43,7 @@ from sae_kit.analysis.neuronpedia_upload import (activation_rows, explanation_ro
                                                  release_row, source_row, sourceset_row)
 from sae_kit.analysis.result import (EXPLANATIONS_FILE, load_analysis, load_explanations, parse_feature_list,
                                      select_features)
-from sae_kit.artifacts import atomic_write_bytes, atomic_write_json, prepare_output_dir
+from sae_kit.artifacts import atomic_write_bytes, atomic_write_json, finish_output_dir, prepare_output_dir
 from sae_kit.autoencoders import load_autoencoder
 from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
@@ -156,6 +156,7 @@ def export_neuronpedia(analysis_dir: str | Path, out_dir: str | Path, features: 
                       {"model_id": ids["model_id"], "layer": str(ids["layer"]), "sae_set": ids["source_set"],
                        "log_sparsity": None, "skipped_indexes": skipped}, fsync=False)
     atomic_write_json(out / MANIFEST, {**manifest, "batches": n_batches, "complete": True})
+    finish_output_dir(out)
     return out
 
 

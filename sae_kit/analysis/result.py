@@ -163,6 +163,17 @@ def load_explanations(analysis_dir: str | Path) -> dict[int, dict]:
 # ----------------------------------------------------------------------------- choosing features
 
 
+def strongest_features(analysis: FeatureAnalysis, n: int, min_density: float, max_density: float) -> list[int]:
+    """The n strongest features (by max activation) with density in [min_density, max_density],
+    topped up with the strongest that fired at any density when too few qualify (short runs,
+    tiny models): what the demo shows, steers and puts in its gallery."""
+    chosen = select_features(analysis, min_density=min_density, max_density=max_density, limit=n)
+    if len(chosen) < n:
+        extra = select_features(analysis, min_density=0.0, max_density=1.0, limit=n * 4)
+        chosen += [f for f in extra if f not in chosen][: n - len(chosen)]
+    return chosen
+
+
 def select_features(
     analysis: FeatureAnalysis, *, min_density: float = 1e-4, max_density: float = 1e-2,
     sort_by: str = "max_activation", descending: bool = True, limit: int | None = None,

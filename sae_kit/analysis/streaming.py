@@ -30,7 +30,7 @@ from sae_kit import __version__
 from sae_kit.analysis.logit_effects import logit_effects
 from sae_kit.analysis.result import FORMAT, INFO_FILE, TENSORS_FILE, TOKENIZER_DIR, FeatureAnalysis, load_analysis
 from sae_kit.analysis.stats import FeatureStats
-from sae_kit.artifacts import atomic_save_tensors, atomic_write_json, prepare_output_dir
+from sae_kit.artifacts import atomic_save_tensors, atomic_write_json, finish_output_dir, prepare_output_dir
 from sae_kit.autoencoders import RunInfo, load_autoencoder
 from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
@@ -230,6 +230,7 @@ def analyze(cfg: AnalysisConfig, *, autoencoder=None, lm=None, overwrite: bool =
     out.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(out / TENSORS_FILE, tensors, metadata={"format": FORMAT})
     atomic_write_json(out / INFO_FILE, info)
+    finish_output_dir(out)
     return load_analysis(out)
 
 

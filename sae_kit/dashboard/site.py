@@ -38,6 +38,7 @@ from sae_kit.analysis.result import load_analysis, load_explanations, select_fea
 from sae_kit.artifacts import (
     atomic_write_json,
     atomic_write_text,
+    finish_output_dir,
     prepare_output_dir,
     write_plotly_js,
 )
@@ -167,6 +168,7 @@ def build_site(
                           "total": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())},
                 "timings": timings, "seconds": round(time.perf_counter() - started, 2)}
     atomic_write_json(out / SITE_FILE, manifest, fsync=False)
+    finish_output_dir(out)
     return out
 
 

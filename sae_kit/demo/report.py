@@ -20,7 +20,7 @@ import torch
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from sae_kit.analysis import load_analysis, select_features
+from sae_kit.analysis import load_analysis, strongest_features
 from sae_kit.analysis.examples import example_windows
 from sae_kit.artifacts import PLOTLY_FILE, atomic_write_json, atomic_write_text, write_plotly_js
 from sae_kit.autoencoders import ARCHITECTURES
@@ -48,7 +48,7 @@ def write_demo_report(ctx, stages) -> Path:
     pngs = {name: _save_figure(fig, report / "figures", name) for name, fig in figures.items()}
 
     analysis = load_analysis(ctx.analysis)
-    gallery = select_features(analysis, min_density=1e-4, max_density=1e-2, limit=ctx.cfg.gallery_features)
+    gallery = strongest_features(analysis, ctx.cfg.gallery_features, 1e-4, 1e-2)
     site = _gallery_site(ctx, report, gallery)
     screenshots = _screenshots(site, report, gallery)
     steering = _copy_steering(ctx, report)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from sae_kit.analysis import AnalysisConfig, analyze, load_analysis, select_features
+from sae_kit.analysis import AnalysisConfig, analyze, load_analysis, strongest_features
 from sae_kit.artifacts import atomic_write_json
 from sae_kit.autoencoders import load_autoencoder, read_run_config, run_dirs
 from sae_kit.dashboard.site import build_site
@@ -131,9 +131,10 @@ def stage_analyze(ctx: DemoContext, stages) -> dict:
 
 
 def stage_dashboard(ctx: DemoContext, stages) -> dict:
-    build_site(ctx.analysis, ctx.site, top=ctx.cfg.dashboard_features, min_density=DASHBOARD_MIN_DENSITY,
-               max_density=DASHBOARD_MAX_DENSITY, prompts=ctx.cfg.steer_prompts, autoencoder=ctx.sae, lm=ctx.lm,
-               overwrite=True, progress=ctx.progress)
+    features = strongest_features(load_analysis(ctx.analysis), ctx.cfg.dashboard_features, DASHBOARD_MIN_DENSITY,
+                                 DASHBOARD_MAX_DENSITY)
+    build_site(ctx.analysis, ctx.site, features=features, prompts=ctx.cfg.steer_prompts, autoencoder=ctx.sae,
+               lm=ctx.lm, overwrite=True, progress=ctx.progress)
     manifest = ctx.site / "site.json"
     pages = len(json.loads(manifest.read_text())["features"]) if manifest.is_file() else 0
     return {"feature_pages": pages}
@@ -141,14 +142,9 @@ def stage_dashboard(ctx: DemoContext, stages) -> dict:
 
 def steering_features(ctx: DemoContext) -> list[int]:
     """The features the demo steers: the strongest (by max activation) of those with density in
-    [1e-3, 1e-2]; falls back to the dashboard's range when too few qualify (small runs)."""
-    analysis = load_analysis(ctx.analysis)
-    n = ctx.cfg.steer_features
-    chosen = select_features(analysis, min_density=STEER_MIN_DENSITY, max_density=STEER_MAX_DENSITY, limit=n)
-    if len(chosen) < n:
-        extra = select_features(analysis, min_density=0.0, max_density=1.0, limit=n * 4)
-        chosen += [f for f in extra if f not in chosen][: n - len(chosen)]
-    return chosen
+    [1e-3, 1e-2], topped up as `strongest_features` does."""
+    return strongest_features(load_analysis(ctx.analysis), ctx.cfg.steer_features, STEER_MIN_DENSITY,
+                             STEER_MAX_DENSITY)
 
 
 def stage_steer(ctx: DemoContext, stages) -> dict:

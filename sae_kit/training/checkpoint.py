@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from sae_kit import faults
 from sae_kit.errors import SaeKitError
 from sae_kit.training.distributed import SINGLE, Distributed
 
@@ -95,6 +96,7 @@ def save_checkpoint(run_dir: str | Path, state: dict, files: dict[str, dict[str,
     mine = {rank_file(name, ranks): tensors for name, tensors in (rank_files or {}).items()}
     for name, tensors in {**(files if ranks.is_main else {}), **mine}.items():
         path = tmp / f"{name}.safetensors"
+        faults.maybe_disk_full(path)  # the fault suite's full disk, as the real one would fail here
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
         _fsync(path)
     ranks.barrier()

@@ -338,7 +338,7 @@ def check_finite(slots: list[Slot], checkpoint_dir: Path | None, ranks: Distribu
             error = AgreedError if ranks.enabled else SaeKitError
             raise error(
                 f"step {bad + 1}: the loss of {slot.name} is not finite{on_rank}; {where}. Lower --lr, train in "
-                "--dtype float32, or check the store for non-finite activations (sae-kit verify)"
+                "--compute-dtype float32, or check the store for non-finite activations (sae-kit verify)"
             )
 
 

@@ -158,6 +158,45 @@ CASES: tuple[Case, ...] = (
 )
 
 
+def build_narrow_store(root: Path, tokenizer) -> Path:
+    """A store of a 16-wide tiny Llama: a store of another width than the tiny runs take."""
+    import torch
+    import transformers as tf
+
+    from sae_kit.harvest import HarvestConfig, harvest
+
+    config = tf.LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            num_key_value_heads=1, max_position_embeddings=64, vocab_size=len(tokenizer),
+                            bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    torch.manual_seed(0)
+    model_dir = root / "narrow-llama"
+    tf.LlamaForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return harvest(HarvestConfig(out=str(root / "narrow-store"), model=str(model_dir), hooks=("resid.1",), tokens=1024,
+                                 context_len=32, shard_tokens=512), progress=False)
+
+
+def build_inputs(root: Path) -> dict:
+    """Outside pytest (scripts/fault_injection.py): the tiny Llama, its store, a calibrated run and
+    its analysis, built as the session fixtures of tests/conftest.py build them."""
+    from sae_kit.analysis import AnalysisConfig, analyze
+    from sae_kit.harvest import HarvestConfig, harvest
+    from tests.conftest import HIST_BINS, QUANTILES, TOP_K, build_model, build_tokenizer, calibrated_autoencoder
+
+    root.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    lm = root / "tiny-llama"
+    build_model("llama", len(tokenizer)).save_pretrained(lm)
+    tokenizer.save_pretrained(lm)
+    store = harvest(HarvestConfig(out=str(root / "store"), model=str(lm), hooks=("resid.1", "mlp.1"), tokens=8192,
+                                  context_len=32, shard_tokens=2048, batch_size=16), progress=False)
+    run = calibrated_autoencoder(store).save(root / "run")
+    analysis = analyze(AnalysisConfig(run=str(run), out=str(root / "analysis"), top_k=TOP_K, n_quantiles=QUANTILES,
+                                      hist_bins=HIST_BINS, batch_size=1000), progress=False)
+    return {"tokenizer": tokenizer, "lm": lm, "store": store, "run": run, "analysis": analysis,
+            "narrow_store": build_narrow_store(root, tokenizer)}
+
+
 def build_world(root: Path, tiny_store: Path, tiny_run: Path, tiny_analysis, tiny_llama_dir: Path,
                 other_store: Path) -> dict[str, str]:
     """Real files for every placeholder: broken copies of real artifacts, and bad corpora."""
