@@ -51,6 +51,10 @@ QUICK = dict(ks=(2, 4, 8), l1_coefficients=(0.5, 2.0, 8.0), l0_coefficients=(0.1
              tokens=256 * 8, batch_size=256, lr=3e-3, jumprelu_threshold_lr_scale=20.0, jumprelu_bandwidth=0.05,
              ce_contexts=2, timing_steps=1)
 """--quick: three levels each, a few thousand tokens, tiny SAEs: a pipeline check in seconds."""
+MEDIUM = dict(FULL, ks=(16, 32, 64), l1_coefficients=(2.0, 5.0, 10.0), l0_coefficients=(0.5, 1.0, 2.0), expansion=4,
+              tokens=500_000)
+"""--medium: three levels each (18 models), 2,304 latents, 500k tokens (two passes over the demo
+store): what a 2-core CPU trains in well under an hour; the committed report is this form."""
 TARGETS = (32, 64)
 
 
@@ -63,12 +67,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, help="training tokens (default 1M; quick: 2048)")
     parser.add_argument("--expansion", type=int, help="latents per input dimension (default 8; quick: 2)")
     parser.add_argument("--device", help="cpu, cuda, … (default: CUDA when present)")
-    parser.add_argument("--quick", action="store_true", help="tiny settings: a pipeline check in seconds")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="tiny settings: a pipeline check in seconds")
+    size.add_argument("--medium", action="store_true", help="three levels per architecture, 4 × d_in latents, 500k tokens")
     return parser.parse_args(argv)
 
 
 def settings_of(args) -> dict:
-    settings = dict(QUICK if args.quick else FULL)
+    settings = dict(QUICK if args.quick else MEDIUM if args.medium else FULL)
     for name in ("tokens", "expansion"):
         if getattr(args, name):
             settings[name] = getattr(args, name)

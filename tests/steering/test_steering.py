@@ -31,20 +31,6 @@ PROMPTS = ("Return the value of the attribute", "A list of the items in")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and lose a lot when the cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_llama_dir):
-    return load_model(str(tiny_llama_dir), device="cpu")
-
-
 @pytest.fixture(scope="module")
 def module_name(loaded):
     return resolve_hooks(loaded.model, [HOOK])[0]

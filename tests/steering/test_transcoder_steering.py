@@ -10,26 +10,12 @@ import torch
 
 from sae_kit.autoencoders import AutoencoderConfig, build_autoencoder
 from sae_kit.lm.hooks import capture, resolve_hooks, run_to_hooks
-from sae_kit.lm.models import load_model
 from sae_kit.steering.generate import GenerateOptions, encode_prompt, generate
 from sae_kit.steering.hook import Intervention, SteeringHook, attach, hook_modules, steer
 from sae_kit.steering.sweep import compare
 
 D_SAE = 48
 PROMPT = "Return the value of the attribute"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_llama_dir):
-    return load_model(str(tiny_llama_dir), device="cpu")
 
 
 @pytest.fixture(scope="module")
