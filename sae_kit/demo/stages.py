@@ -28,6 +28,7 @@ from sae_kit.steering.report import write_report
 from sae_kit.steering.sweep import Condition, run_steering
 from sae_kit.training import TrainConfig, train
 from sae_kit.training.checkpoint import find_checkpoint
+from sae_kit.training.recipe import derived_batch_size
 
 STEER_MIN_DENSITY = 1e-3
 STEER_MAX_DENSITY = 1e-2
@@ -103,12 +104,13 @@ def stage_harvest(ctx: DemoContext, stages) -> dict:
 
 def stage_train(ctx: DemoContext, stages) -> dict:
     cfg = ctx.cfg
+    batch = cfg.batch_size or derived_batch_size(cfg.train_tokens)  # what `train` will derive when left open
     train_cfg = TrainConfig(
         store=str(ctx.store), out=str(ctx.runs), archs=(SAE_ARCH, *BASELINE_ARCHS),
         l1_coefficients=(cfg.l1_coefficient,), expansion=cfg.expansion, baseline_d_sae=cfg.baseline_latents,
         pca_components=cfg.baseline_latents, tokens=cfg.train_tokens, batch_size=cfg.batch_size, lr=cfg.lr,
-        seed=cfg.seed, device=cfg.device, checkpoint_every_tokens=max(cfg.train_tokens // 4, cfg.batch_size),
-        log_every=max(1, cfg.train_tokens // cfg.batch_size // 60),
+        seed=cfg.seed, device=cfg.device, checkpoint_every_tokens=max(cfg.train_tokens // 4, batch),
+        log_every=max(1, cfg.train_tokens // batch // 60),
     )
     resume = find_checkpoint(ctx.runs) is not None
     if not resume and ctx.runs.exists():
