@@ -30,8 +30,8 @@ from sae_kit.autoencoders.gated import GatedSparseAutoencoder
 from sae_kit.autoencoders.jumprelu import JumpReLUSparseAutoencoder
 from sae_kit.autoencoders.matryoshka import MatryoshkaSparseAutoencoder
 from sae_kit.autoencoders.pca import PCA, CovarianceAccumulator
-from sae_kit.autoencoders.registry import ARCH_DESCRIPTIONS, ARCHITECTURES, ARCHS, architecture, build_autoencoder
 from sae_kit.autoencoders.pretrained import load_autoencoder, load_pretrained, run_dirs, run_info
+from sae_kit.autoencoders.registry import ARCH_DESCRIPTIONS, ARCHITECTURES, ARCHS, architecture, build_autoencoder
 from sae_kit.autoencoders.runs import SWEEP_FILE, RunInfo, read_run_config
 from sae_kit.autoencoders.sae import SparseAutoencoder
 from sae_kit.autoencoders.topk import TopKSparseAutoencoder

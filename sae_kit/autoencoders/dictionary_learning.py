@@ -5,6 +5,12 @@
     config.json   {"trainer": {"dict_class", "trainer_class", "activation_dim", "dict_size", "k",
                    "lm_name", "layer", "submodule_name", …}, "buffer": {…}}
 
+Older releases (the Pythia-70m `10_32768` dictionaries, `dictionaries/pythia-70m-deduped/
+resid_out_layer3/10_32768/`) name no class; it is then told from the tensor names where they
+are unambiguous (TopK and BatchTopK share theirs: those need dict_class). The hook point is read
+from such folder names or the trainer's submodule_name (resid_out_layer3 -> resid.3, mlp_out_ ->
+mlp., attn_out_ -> attn.), else unknown (commands take --hook).
+
 `ae.pt` is read with `torch.load(weights_only=True)` only: tensors and plain containers, never
 code. The final ae.pt already takes raw activations (with `normalize_activations` the trainer
 calls `scale_biases(norm_factor)` before saving, so nothing is left to fold); a training backup
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -55,6 +62,7 @@ from sae_kit.errors import SaeKitError
 
 DL_WEIGHTS = "ae.pt"
 DL_CONFIG = "config.json"
+_SUBMODULE = re.compile(r"\b(resid|mlp|attn)_(?:out|post)_layer_?(\d+)\b")
 
 # dict_class <- trainer_class, for config.json files that name only the trainer
 DICT_CLASS_OF_TRAINER = {
@@ -81,7 +89,8 @@ LAYOUTS: dict[str, tuple[type[Autoencoder], dict[str, tuple[str, bool]], bool]] 
 
 
 def read_dl_config(path: Path) -> dict:
-    """config.json's "trainer" dict (empty when the file is absent)."""
+    """config.json's "trainer" dict, with the older releases' "dictionary" dict merged in (empty
+    when the file is absent)."""
     file = path / DL_CONFIG
     if not file.is_file():
         return {}
@@ -89,11 +98,37 @@ def read_dl_config(path: Path) -> dict:
         raw = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SaeKitError(f"{file} is not valid JSON ({err})") from None
-    trainer = raw.get("trainer") if isinstance(raw, dict) else None
-    if not isinstance(trainer, dict):
+    parts = [raw.get(key) for key in ("dictionary", "trainer")] if isinstance(raw, dict) else []
+    if not any(isinstance(part, dict) for part in parts):
         raise SaeKitError(f"{file} has no \"trainer\" object; dictionary_learning's config.json holds "
                           "{\"trainer\": {\"dict_class\": …}}")
-    return trainer
+    return {key: value for part in parts if isinstance(part, dict) for key, value in part.items()}
+
+
+def dict_class_of_keys(state: dict) -> str | None:
+    """The class a state dict's tensor names identify on their own (None: ambiguous, e.g. TopK vs BatchTopK)."""
+    keys = set(state)
+    if {"decoder_bias", "gate_bias", "mag_bias", "r_mag"} <= keys:
+        return "GatedAutoEncoder"
+    if "group_sizes" in keys:
+        return "MatryoshkaBatchTopKSAE"
+    if {"W_enc", "threshold"} <= keys and "k" not in keys:
+        return "JumpReluAutoEncoder"
+    if {"encoder.weight", "bias"} <= keys:
+        return "AutoEncoder"
+    if {"encoder.weight", "decoder.bias"} <= keys:
+        return "AutoEncoderNew"
+    return None
+
+
+def hook_of(path: Path, trainer: dict) -> str | None:
+    """Our alias for dictionary_learning's submodule names (resid_out_layer3 -> resid.3, as its
+    released dictionaries' folders; a trainer's submodule_name alike); None where none matches."""
+    for text in (str(trainer.get("submodule_name") or ""), *reversed(path.resolve().parts[-3:])):
+        match = _SUBMODULE.search(text)
+        if match:
+            return f"{match.group(1)}.{match.group(2)}"
+    return None
 
 
 def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
@@ -114,12 +149,15 @@ def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def dict_class_of(path: Path, trainer: dict) -> str:
-    """The dictionary class config.json names (dict_class, else through trainer_class)."""
-    name = trainer.get("dict_class") or DICT_CLASS_OF_TRAINER.get(trainer.get("trainer_class", ""))
+def dict_class_of(path: Path, trainer: dict, state: dict) -> str:
+    """The dictionary class config.json names (dict_class, else through trainer_class, else what
+    the tensor names alone identify)."""
+    name = (trainer.get("dict_class") or DICT_CLASS_OF_TRAINER.get(trainer.get("trainer_class", ""))
+            or dict_class_of_keys(state))
     if name is None:
         raise SaeKitError(f"{path / DL_CONFIG} names no dict_class or known trainer_class "
-                          f"(got {trainer.get('trainer_class')!r}); sae-kit reads {', '.join(LAYOUTS)}")
+                          f"(got {trainer.get('trainer_class')!r}) and the tensor names do not tell; "
+                          f"add \"dict_class\" (one of {', '.join(LAYOUTS)}) to its \"trainer\"")
     if name not in LAYOUTS:
         raise SaeKitError(f"dictionary_learning class {name!r} is not supported; sae-kit reads {', '.join(LAYOUTS)}")
     return name
@@ -153,7 +191,7 @@ def import_dictionary_learning(path: str | Path, device: str | torch.device | No
         path = path.parent
     trainer = read_dl_config(path)
     state = read_state_dict(path / DL_WEIGHTS)
-    name = dict_class_of(path, trainer)
+    name = dict_class_of(path, trainer, state)
     cls, layout, subtracts_b_dec = LAYOUTS[name]
     missing = [theirs for theirs, _ in layout.values() if theirs not in state]
     if cls in (BatchTopKSparseAutoencoder, MatryoshkaSparseAutoencoder) and "threshold" not in state:
@@ -167,7 +205,7 @@ def import_dictionary_learning(path: str | Path, device: str | torch.device | No
         raise SaeKitError(f"{path / DL_WEIGHTS}: the encoder weight is not a matrix")
     d_in, d_sae = ours["W_enc"].shape
     cfg = AutoencoderConfig(arch=cls.arch, d_in=d_in, d_sae=d_sae, decoder_norm="free",
-                            **config_fields(name, state, trainer, d_sae), hook=hook,
+                            **config_fields(name, state, trainer, d_sae), hook=hook or hook_of(path, trainer),
                             metadata={"source": "dictionary_learning", "path": str(path.resolve()), "dict_class": name,
                                       "model": {"spec": None, "name": trainer.get("lm_name")},
                                       "dictionary_learning_trainer": {k: v for k, v in trainer.items()

@@ -51,7 +51,7 @@ def detect_format(path: str | Path) -> tuple[str | None, Path]:
     A file path (params.npz, ae.pt, a weights file) stands for its directory."""
     path = Path(path)
     if path.is_file():
-        if path.suffix == ".npz":
+        if path.suffix == ".npz" and path.name != GEMMASCOPE_PARAMS:
             return "gemma-scope", path
         path = path.parent
     if (path / CONFIG_FILE).is_file() and _is_sae_kit_config(path / CONFIG_FILE):
@@ -103,7 +103,7 @@ def run_dirs(run: str | Path) -> dict[str, Path]:
     """name -> model path: a foreign model's own path, else `runs.run_dirs` (a run, or a sweep's runs)."""
     kind, directory = detect_format(run)
     if kind not in (None, "sae-kit"):
-        return {directory.name: Path(run)}
+        return {directory.name: directory}
     return runs_of(run)
 
 

@@ -183,7 +183,8 @@ def import_saelens(path: str | Path, device: str | torch.device | None = None,
     normalize = raw.get("normalize_activations") or "none"
     if normalize not in ("none", False) and not (normalize == "expected_average_only_in" and norm_scaling_factor):
         raise SaeKitError(f"{path}: normalize_activations={normalize!r} cannot be folded into the weights"
-                          + ("; pass norm_scaling_factor" if normalize == "expected_average_only_in" else ""))
+                          + ("; pass norm_scaling_factor (sae-kit import saelens --norm-scaling-factor)"
+                             if normalize == "expected_average_only_in" else ""))
     weights_file = path / SAELENS_WEIGHTS
     if not weights_file.is_file():
         raise SaeKitError(f"{path} has no {SAELENS_WEIGHTS}")

@@ -231,6 +231,24 @@ def test_dictionary_learning_class_from_the_trainer_alone(tmp_path):
     assert load_pretrained(directory).cfg.metadata["dict_class"] == "GatedAutoEncoder"
 
 
+def test_dictionary_learning_release_without_a_class_name(tmp_path):
+    """The Pythia-70m 10_32768 release: config.json without dict_class, folder names giving the hook."""
+    state = dl_standard()
+    directory = tmp_path / "dictionaries" / "pythia-70m-deduped" / "resid_out_layer3" / "10_32768"
+    directory.mkdir(parents=True)
+    torch.save(state, directory / "ae.pt")
+    (directory / "config.json").write_text(json.dumps({"dictionary": {"activation_dim": D_IN, "dict_size": D_SAE},
+                                                       "trainer": {"lr": 1e-4, "l1_penalty": 0.1}}))
+    model = load_pretrained(directory)
+    x = inputs()
+    assert model.arch == "sae" and model.cfg.hook == "resid.3"
+    torch.testing.assert_close(model.reconstruct(x), ref_autoencoder(state, x)[1], atol=1e-4, rtol=1e-5)
+    (directory / "config.json").unlink()
+    torch.save(dl_topk(), directory / "ae.pt")  # TopK and BatchTopK share tensor names: the class must be named
+    with pytest.raises(SaeKitError, match="tensor names do not tell"):
+        load_pretrained(directory)
+
+
 class NotATensor:
     """Pickled as code: weights_only=True must refuse it."""
 
@@ -291,7 +309,7 @@ def test_saelens_sparsify_and_sae_kit_directories_open_through_the_same_function
 # ----------------------------------------------------------------------------- every command's --run
 
 
-def test_analyze_and_evaluate_take_a_gemma_scope_directory(tmp_path, tiny_store, capsys):
+def test_analyze_evaluate_dashboard_and_steer_take_a_gemma_scope_directory(tmp_path, tiny_store, tiny_llama_dir, capsys):
     directory = write_gemma(tmp_path / "gemma", gemma_params(d_in=32, d_sae=64))
     out = tmp_path / "A"
     args = ["analyze", "--run", str(directory), "--out", str(out), "--no-logits", "--tokens", "1000", "--top-k", "3",
@@ -308,6 +326,18 @@ def test_analyze_and_evaluate_take_a_gemma_scope_directory(tmp_path, tiny_store,
                  "--ce-contexts", "0", "--device", "cpu"]) == 0
     result = json.loads((directory / "eval.json").read_text())
     assert result["arch"] == "jumprelu" and result["hook"] == "model.layers.1"
+    assert main(["dashboard", "--analysis", str(out), "--out", str(tmp_path / "site")]) == 0
+    assert (tmp_path / "site" / "index.html").is_file()
+    fired = int(analysis.top_values[:, 0].argmax())
+    steer = ["steer", "--run", str(directory), "--analysis", str(out), "--feature", f"{fired}=2x", "--prompt", "Return the sum",
+             "--max-new-tokens", "2", "--out", str(tmp_path / "steer"), "--device", "cpu"]
+    capsys.readouterr()
+    assert main(steer) == 1  # no store, so no language model recorded: one line asking for --model
+    assert "name it with --model" in capsys.readouterr().err
+    assert main(steer + ["--model", str(tiny_llama_dir)]) == 1  # the hook point is unknown: asks for --hook
+    assert "name it with --hook" in capsys.readouterr().err
+    assert main(steer + ["--hook", "resid.1", "--model", str(tiny_llama_dir)]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "steer" / "results.json").read_text())["conditions"]
 
 
 def test_import_writes_gemma_scope_and_dictionary_learning_as_run_directories(tmp_path):
