@@ -23,14 +23,15 @@ from pathlib import Path
 import torch
 
 from sae_kit.autoencoders.base import CONFIG_FILE, FORMAT, Autoencoder
-from sae_kit.autoencoders.dictionary_learning import DL_WEIGHTS, import_dictionary_learning
-from sae_kit.autoencoders.gemmascope import GEMMASCOPE_PARAMS, import_gemmascope
+from sae_kit.autoencoders.dictionary_learning import DL_WEIGHTS, hook_of, import_dictionary_learning, read_dl_config
+from sae_kit.autoencoders.gemmascope import GEMMASCOPE_PARAMS, gemmascope_file, gemmascope_provenance, import_gemmascope
 from sae_kit.autoencoders.runs import RunInfo
 from sae_kit.autoencoders.runs import load_autoencoder as load_run
 from sae_kit.autoencoders.runs import run_dirs as runs_of
-from sae_kit.autoencoders.saelens import SAELENS_CFG, SAELENS_WEIGHTS, import_saelens
-from sae_kit.autoencoders.sparsify import SPARSIFY_CFG, SPARSIFY_WEIGHTS, import_sparsify, sparsify_hookpoints
-from sae_kit.autoencoders.sparsify_transcoder import import_sparsify_transcoder
+from sae_kit.autoencoders.saelens import SAELENS_CFG, SAELENS_WEIGHTS, import_saelens, saelens_hooks
+from sae_kit.autoencoders.sparsify import (SPARSIFY_CFG, SPARSIFY_WEIGHTS, alias_of_hookpoint, import_sparsify,
+                                           sparsify_hookpoints)
+from sae_kit.autoencoders.sparsify_transcoder import import_sparsify_transcoder, transcoder_hooks
 from sae_kit.errors import SaeKitError
 
 FORMATS = ("sae-kit", "saelens", "sparsify", "gemma-scope", "dictionary-learning")
@@ -81,11 +82,7 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = None) 
     if kind == "saelens":
         return import_saelens(directory, device=device)
     if kind == "sparsify":
-        try:
-            transcode = bool(json.loads((directory / SPARSIFY_CFG).read_text()).get("transcode"))
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
-            raise SaeKitError(f"{directory / SPARSIFY_CFG} is not a valid sparsify cfg.json ({err})") from None
-        if transcode:
+        if _read_json(directory / SPARSIFY_CFG).get("transcode"):
             return import_sparsify_transcoder(directory, device=device)
         return import_sparsify(directory, device=device)
     if kind == "gemma-scope":
@@ -109,8 +106,31 @@ def run_dirs(run: str | Path) -> dict[str, Path]:
 
 def run_info(path: str | Path) -> RunInfo:
     """The provenance of the model at `path`: a sae-kit run's `RunInfo.load`, else what the
-    foreign model's files say (its hook where named; no store)."""
-    kind, _ = detect_format(path)
+    foreign model's files say (its hook and target where named, a model name; never a store),
+    read from its small config files without loading the weights (Gemma Scope SAEs reach GBs);
+    the same helpers the importers use, so it equals `RunInfo.of(load_pretrained(path))`."""
+    kind, directory = detect_format(path)
     if kind in (None, "sae-kit"):
         return RunInfo.load(path)
-    return RunInfo.of(load_pretrained(path))
+    if kind == "gemma-scope":
+        hook, provenance = gemmascope_provenance(gemmascope_file(directory))
+        return RunInfo.from_metadata(provenance, hook)
+    if kind == "dictionary-learning":
+        trainer = read_dl_config(directory)
+        return RunInfo.from_metadata({"model": {"spec": None, "name": trainer.get("lm_name")}}, hook_of(directory, trainer))
+    raw = _read_json(directory / (SAELENS_CFG if kind == "saelens" else SPARSIFY_CFG))
+    if kind == "saelens":
+        return RunInfo.from_metadata({}, *saelens_hooks(raw))
+    if raw.get("transcode"):
+        return RunInfo.from_metadata({}, *transcoder_hooks(directory))
+    return RunInfo.from_metadata({}, alias_of_hookpoint(directory.name))
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        raw = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SaeKitError(f"{file} is not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise SaeKitError(f"{file} is not a JSON object")
+    return raw

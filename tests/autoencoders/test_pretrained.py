@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sae_kit.autoencoders import AutoencoderConfig, build_autoencoder, load_autoencoder, load_pretrained, run_info
+from sae_kit.autoencoders import AutoencoderConfig, RunInfo, build_autoencoder, load_autoencoder, load_pretrained, run_info
 from sae_kit.autoencoders.pretrained import detect_format
 from sae_kit.autoencoders.saelens import export_saelens
 from sae_kit.cli import main
@@ -304,6 +304,23 @@ def test_saelens_sparsify_and_sae_kit_directories_open_through_the_same_function
     (tmp_path / "half" / "cfg.json").write_text("{}")
     with pytest.raises(SaeKitError, match="download the weights file"):
         load_pretrained(tmp_path / "half")
+
+
+def test_run_info_from_the_small_files_equals_the_loaded_models(tmp_path):
+    """run_info reads provenance without the weights; it must say what the loaded model says."""
+    model = build_autoencoder(AutoencoderConfig(arch="sae", d_in=D_IN, d_sae=D_SAE, hook="mlp.2"))
+    paths = [write_gemma(tmp_path / "gemma-scope-9b-it-mlp" / "layer_7" / "width_16k" / "average_l0_9", gemma_params()),
+             write_gemma(tmp_path / "plain-gemma", gemma_params()),
+             write_dl(tmp_path / "dl" / "trainer_0", "GatedAutoEncoder", "GatedSAETrainer", dl_gated()),
+             export_saelens(model, tmp_path / "saelens")]
+    for name, extra in (("layers.3", {}), ("layers.6.mlp", {"transcode": True})):
+        write_sparsify(tmp_path / "ckpt" / name, d_in=D_IN, **extra)
+        paths.append(tmp_path / "ckpt" / name)
+    infos = [run_info(path) for path in paths]
+    assert infos == [RunInfo.of(load_pretrained(path)) for path in paths]
+    assert [(i.hook, i.target_hook) for i in infos] == [("mlp.7", None), (None, None), ("resid.3", None),
+                                                        ("mlp.2", None), ("resid.3", None), ("mlp_in.6", "mlp.6")]
+    assert infos[0].model_name == "gemma-2-9b-it" and infos[2].model_name == "EleutherAI/pythia-70m-deduped"
 
 
 # ----------------------------------------------------------------------------- every command's --run
