@@ -15,7 +15,9 @@ and the methods
 Modules: `base` (the shared core and the registry's contract), one module per family (`sae`,
 `topk`, `batchtopk`, `jumprelu`, `gated`, `matryoshka`, `dense`, `vae`, `pca`, `transcoder`), `fused`
 (the L1 SAE's hand-written backward), `losses`, `registry`, `config`, `runs` (RunInfo, load_autoencoder,
-sweeps), `saelens`, `sparsify` and `sparsify_transcoder` (interop).
+sweeps), `saelens`, `sparsify`, `sparsify_transcoder`, `gemmascope` and `dictionary_learning` (interop),
+`pretrained` (`load_pretrained`: any of those formats; the package's `load_autoencoder`, `run_dirs`
+and `run_info` are its, so every command's --run takes them).
 Saved models take raw activations: the trainer's input scale (E‖x‖ = √d_in) is folded into the
 weights before saving. This package imports no trainer, analysis or CLI code.
 """
@@ -28,8 +30,9 @@ from sae_kit.autoencoders.gated import GatedSparseAutoencoder
 from sae_kit.autoencoders.jumprelu import JumpReLUSparseAutoencoder
 from sae_kit.autoencoders.matryoshka import MatryoshkaSparseAutoencoder
 from sae_kit.autoencoders.pca import PCA, CovarianceAccumulator
+from sae_kit.autoencoders.pretrained import load_autoencoder, load_pretrained, run_dirs, run_info
 from sae_kit.autoencoders.registry import ARCH_DESCRIPTIONS, ARCHITECTURES, ARCHS, architecture, build_autoencoder
-from sae_kit.autoencoders.runs import SWEEP_FILE, RunInfo, load_autoencoder, read_run_config, run_dirs
+from sae_kit.autoencoders.runs import SWEEP_FILE, RunInfo, read_run_config
 from sae_kit.autoencoders.sae import SparseAutoencoder
 from sae_kit.autoencoders.topk import TopKSparseAutoencoder
 from sae_kit.autoencoders.transcoder import SkipTranscoder, Transcoder
@@ -61,6 +64,8 @@ __all__ = [
     "architecture",
     "build_autoencoder",
     "load_autoencoder",
+    "load_pretrained",
     "read_run_config",
     "run_dirs",
+    "run_info",
 ]

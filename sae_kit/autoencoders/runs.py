@@ -161,14 +161,15 @@ def read_run_config(run_dir: str | Path) -> dict:
             runs = [r["path"] for r in json.loads(sweep.read_text()).get("runs", [])]
             listed = ", ".join(str(run_dir / r) for r in runs)
             raise SaeKitError(f"{run_dir} is a sweep of {len(runs)} runs, not one model; pass one of: {listed}")
-        raise SaeKitError(f"{run_dir} is not an autoencoder run directory (no {CONFIG_FILE}); train one with `sae-kit train`")
+        raise SaeKitError(f"{run_dir} is not an autoencoder run directory (no {CONFIG_FILE}); train one with `sae-kit train`, "
+                          "or pass a SAELens, sparsify, Gemma Scope (params.npz) or dictionary_learning (ae.pt) directory")
     try:
         payload = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SaeKitError(f"{file} is not valid JSON ({err})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "autoencoder" not in payload:
-        raise SaeKitError(f"{file} is not an sae-kit autoencoder config (for SAELens folders use "
-                          "sae_kit.autoencoders.saelens)")
+        raise SaeKitError(f"{file} is not an sae-kit autoencoder config, and no SAELens, sparsify, Gemma Scope or "
+                          "dictionary_learning weights file lies beside it; pass a run directory or one of those")
     return payload
 
 

@@ -154,6 +154,18 @@ def export_saelens(model: Autoencoder | str | Path, out_dir: str | Path, *, mode
     return out_dir
 
 
+def saelens_metadata(raw: dict) -> dict:
+    """A cfg.json's fields, the 6.x "metadata" block flattened under the top-level ones."""
+    return {**raw.get("metadata", {}), **{k: v for k, v in raw.items() if k != "metadata"}}
+
+
+def saelens_hooks(raw: dict) -> tuple[str | None, str | None]:
+    """(hook, target hook) as our aliases, from a cfg.json's hook_name (hook_point) and hook_name_out."""
+    meta = saelens_metadata(raw)
+    return (from_transformerlens_hook(meta.get("hook_name") or meta.get("hook_point")),
+            from_transformerlens_hook(meta.get("hook_name_out")))
+
+
 def import_saelens(path: str | Path, device: str | torch.device | None = None,
                    norm_scaling_factor: float | None = None) -> Autoencoder:
     """Load a SAELens SAE directory (cfg.json + sae_weights.safetensors) as our model, taking raw
@@ -169,7 +181,6 @@ def import_saelens(path: str | Path, device: str | torch.device | None = None,
         raise SaeKitError(f"{path} is not a SAELens SAE directory (no {SAELENS_CFG})") from None
     except json.JSONDecodeError as err:
         raise SaeKitError(f"{path / SAELENS_CFG} is not valid JSON ({err})") from err
-    meta = {**raw.get("metadata", {}), **{k: v for k, v in raw.items() if k != "metadata"}}
     architecture = raw.get("architecture", "standard")
     activation = raw.get("activation_fn", raw.get("activation_fn_str", "relu"))
     match = next(((cls, fields) for cls in ARCHITECTURES.values()
@@ -183,7 +194,8 @@ def import_saelens(path: str | Path, device: str | torch.device | None = None,
     normalize = raw.get("normalize_activations") or "none"
     if normalize not in ("none", False) and not (normalize == "expected_average_only_in" and norm_scaling_factor):
         raise SaeKitError(f"{path}: normalize_activations={normalize!r} cannot be folded into the weights"
-                          + ("; pass norm_scaling_factor" if normalize == "expected_average_only_in" else ""))
+                          + ("; pass norm_scaling_factor (sae-kit import saelens --norm-scaling-factor)"
+                             if normalize == "expected_average_only_in" else ""))
     weights_file = path / SAELENS_WEIGHTS
     if not weights_file.is_file():
         raise SaeKitError(f"{path} has no {SAELENS_WEIGHTS}")
@@ -191,8 +203,7 @@ def import_saelens(path: str | Path, device: str | torch.device | None = None,
     if "W_enc" not in state:
         raise SaeKitError(f"{weights_file} lacks W_enc")
     d_in, d_sae = state["W_enc"].shape
-    hook = from_transformerlens_hook(meta.get("hook_name") or meta.get("hook_point"))
-    target_hook = from_transformerlens_hook(meta.get("hook_name_out"))
+    hook, target_hook = saelens_hooks(raw)
     d_out = state["W_dec"].shape[1] if "W_dec" in state else d_in
     cfg = AutoencoderConfig(arch=cls.arch, d_in=d_in, d_sae=d_sae, d_out=d_out,
                             **{"decoder_norm": "free", **arch_fields}, hook=hook, target_hook=target_hook,

@@ -28,6 +28,12 @@ SPARSIFY_WEIGHTS = "sae.safetensors"
 _SPARSIFY_MLP = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.mlp$")
 
 
+def transcoder_hooks(path: Path) -> tuple[str | None, str | None]:
+    """(hook, target) of a transcoder directory named after an MLP module: layers.6.mlp -> (mlp_in.6, mlp.6)."""
+    layer = _SPARSIFY_MLP.search(path.name)
+    return (f"mlp_in.{layer.group(1)}", f"mlp.{layer.group(1)}") if layer else (None, None)
+
+
 def import_sparsify_transcoder(path: str | Path, *, hook: str | None = None, target_hook: str | None = None,
                                device: str | torch.device | None = None) -> Transcoder:
     """Load an EleutherAI sparsify transcoder directory (`cfg.json` with ``"transcode": true`` +
@@ -59,8 +65,7 @@ def import_sparsify_transcoder(path: str | Path, *, hook: str | None = None, tar
         missing.append("W_skip")
     if missing:
         raise SaeKitError(f"{path / SPARSIFY_WEIGHTS} lacks {', '.join(missing)}")
-    layer = _SPARSIFY_MLP.search(path.name)
-    default_hook, default_target = (f"mlp_in.{layer.group(1)}", f"mlp.{layer.group(1)}") if layer else (None, None)
+    default_hook, default_target = transcoder_hooks(path)
     d_sae, d_in = state["encoder.weight"].shape
     cls = SkipTranscoder if skip else Transcoder
     cfg = AutoencoderConfig(arch=cls.arch, d_in=d_in, d_sae=d_sae, d_out=state["W_dec"].shape[1],

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from sae_kit.artifacts import atomic_write_json, atomic_write_text
-from sae_kit.autoencoders import Autoencoder, RunInfo, load_autoencoder, run_dirs
+from sae_kit.autoencoders import Autoencoder, load_autoencoder, run_dirs, run_info
 from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
 from sae_kit.evaluation.core import CoreSums, core_metrics
@@ -51,7 +51,10 @@ class EvalConfig(JsonConfig):
     nonempty = ('run',)
 
     run: str
-    """A run directory, or a sweep root (every sub-run is evaluated and tabulated)."""
+    """A run directory, or a sweep root (every sub-run is evaluated and tabulated), or a SAELens,
+    sparsify, Gemma Scope or dictionary_learning directory (`load_pretrained`; then --store)."""
+    hook: str | None = None
+    """The store's hook point the model reads; None means the one the run records (foreign models may not)."""
     store: str | None = None
     """Activation store with the held-out split; None means the store the run was trained on."""
     model: str | None = None
@@ -302,7 +305,7 @@ def evaluate(cfg: EvalConfig, *, lm=None) -> dict[str, dict]:
     loaded `sae_kit.lm.models.LoadedModel` instead of loading cfg.model / the store's model."""
     groups: dict[tuple, dict[str, Path]] = {}
     for name, path in run_dirs(cfg.run).items():
-        info = RunInfo.load(path)
+        info = run_info(path)
         groups.setdefault((info.store, info.stored_hook, info.stored_target), {})[name] = path
     results: dict[str, dict] = {}
     for dirs in groups.values():
@@ -320,10 +323,10 @@ def evaluate(cfg: EvalConfig, *, lm=None) -> dict[str, dict]:
 
 def _evaluate_group(cfg: EvalConfig, dirs: dict[str, Path], lm) -> tuple[dict[str, dict], object]:
     """evaluate() for runs of one store and hook; returns (name -> metrics, the language model used)."""
-    info = RunInfo.load(next(iter(dirs.values())))
+    info = run_info(next(iter(dirs.values())))
     store_path = info.store_path(cfg.store)
     store = ActivationStore(store_path)
-    hook = store.resolve_hook_name(info.stored_hook)
+    hook = store.resolve_hook_name(cfg.hook or info.stored_hook)
     target = store.resolve_hook_name(info.stored_target) if info.stored_target else None  # transcoders
     device = lm.device if lm is not None else choose_device(cfg.device)
     models = {name: load_autoencoder(path, device=device) for name, path in dirs.items()}
