@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from sae_kit import faults
 from sae_kit.autoencoders import Autoencoder, ForwardOutput, TrainingState, build_autoencoder
+from sae_kit.autoencoders.sparse import as_dense
 from sae_kit.errors import SaeKitError
 from sae_kit.evaluation import metrics
 from sae_kit.training.checkpoint import find_checkpoint, write_checkpoint
@@ -82,6 +83,7 @@ def make_slot(spec: ModelSpec, cfg: TrainConfig, device: torch.device, window_st
         raise ValueError("make_slot needs a resolved TrainConfig: call sae_kit.training.recipe.resolve first")
     torch.manual_seed(cfg.seed)
     model = build_autoencoder(spec.cfg)
+    model.kernels = cfg.kernels
     if model.fitted_in_closed_form:
         return Slot(spec, model.to(device).train(), None, None, covariance=model.fitter())
     if cfg.b_dec_init != "zeros":
@@ -234,7 +236,7 @@ def train_step(slot: Slot, x: torch.Tensor, state: TrainingState, lr: float, max
         out = out._replace(loss=out.loss * float("nan"))
     slot.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
-    fired = out.z.detach().amax(0) > 0 if slot.tracker is not None else None
+    fired = None if slot.tracker is None else out.fired if out.fired is not None else out.z.detach().amax(0) > 0
     if parallel is not None:  # average gradients (and the firing) over ranks
         fired = parallel.sync(slot.model, fired)
     if slot.unit_decoder:
@@ -261,6 +263,7 @@ def step_metrics(slot: Slot, x, out, state: TrainingState, lr, grad_norm, scale,
     """Metrics of one model on the current batch: x is what it reconstructs (a transcoder's target),
     in normalised units, `scale` its normalising constant; MSE is reported in raw units."""
     x_hat = out.x_hat.float()
+    z = as_dense(out.z)  # a sparse path's latents are sparse CSR
     step = state.step
     record = {
         "step": step + 1,
@@ -269,8 +272,8 @@ def step_metrics(slot: Slot, x, out, state: TrainingState, lr, grad_norm, scale,
         **{f"loss_{k}": float(v) for k, v in out.losses.items()},
         "mse": float(metrics.mse(x, x_hat)) / scale**2,
         "fvu": float(metrics.fvu(x, x_hat)),
-        "l0": float(metrics.l0(out.z)),
-        "l1": float(metrics.l1(out.z.float())),
+        "l0": float(metrics.l0(z)),
+        "l1": float(metrics.l1(z.float())),
         "lr": lr,
         **slot.model.schedule_metrics(state),
     }
