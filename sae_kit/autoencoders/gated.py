@@ -114,11 +114,10 @@ class GatedSparseAutoencoder(Autoencoder):
         u = dense_pre(self, x_centred, bias=False)  # b_enc is b_gate: π_gate = u + b_gate
         pairs = Pairs.from_mask(u > -self.b_gate.detach())
         gate = encode_at_pairs(self, x_centred, u, pairs, bias_added=False)  # π_gate > 0 = ReLU(π_gate) here
-        cols = pairs.cols
-        z = F.relu((gate - self.b_gate[cols]) * self.r_mag[cols].exp() + self.b_mag[cols])
+        z = F.relu((gate - pairs.at(self.b_gate)) * pairs.at(self.r_mag).exp() + pairs.at(self.b_mag))
         x_hat = decode_pairs(z, self.W_dec, self.b_dec, pairs, dtype)
         frozen = decode_pairs(gate, self.W_dec.detach(), self.b_dec.detach(), pairs, dtype)
-        norms = self.W_dec.norm(dim=-1)[cols]
+        norms = pairs.at(self.W_dec.norm(dim=-1))
         terms = {"reconstruction": reconstruction_loss(x, x_hat),
                  "l1": self.l1_coefficient(state) * (gate * norms).sum() / x.shape[0],
                  "auxiliary": reconstruction_loss(x, frozen)}

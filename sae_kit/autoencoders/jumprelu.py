@@ -174,10 +174,11 @@ class JumpReLUSparseAutoencoder(Autoencoder):
             terms["pre_act"] = cfg.pre_act_loss_coefficient * (F.relu(theta - pre) * weights).sum(-1).mean()
         return ForwardOutput(x_hat=x_hat, z=z, losses=terms, loss=sum(terms.values()))
 
-    def window(self, pre: torch.Tensor) -> torch.Tensor:
-        """The pairs the sparse path keeps: pre > θ − ε, a superset of the active ones (pre > θ) and
-        of the straight-through kernel's support |pre − θ| < ε/2, where z = 0 but ∂θ is not."""
-        return pre > self.threshold.detach() - self.cfg.jumprelu_bandwidth
+    def window(self, u: torch.Tensor, bias: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """The pairs the sparse path keeps, for pre = u + bias: pre > θ − ε, a superset of the active
+        ones (pre > θ) and of the straight-through kernel's support |pre − θ| < ε/2, where z = 0 but
+        ∂θ is not."""
+        return u > self.threshold.detach() - self.cfg.jumprelu_bandwidth - bias
 
     def sparse_training_loss(self, x: torch.Tensor, state: TrainingState) -> ForwardOutput:
         """`training_loss` through the pairs of `window` (`sae_kit.autoencoders.sparse`); the
@@ -185,10 +186,10 @@ class JumpReLUSparseAutoencoder(Autoencoder):
         cfg = self.cfg
         dtype = compute_dtype(x)
         x_centred = centred_input(self, x, dtype)
-        pre = dense_pre(self, x_centred)
-        pairs = Pairs.from_mask(self.window(pre))
-        pre_at = encode_at_pairs(self, x_centred, pre, pairs)
-        theta = self.threshold[pairs.cols]
+        u = dense_pre(self, x_centred, bias=False)  # pre = u + b_enc (no [B, d_sae] bias copy)
+        pairs = Pairs.from_mask(self.window(u, self.b_enc.detach()))
+        pre_at = encode_at_pairs(self, x_centred, u, pairs, bias_added=False)
+        theta = pairs.at(self.threshold)
         z = jumprelu(pre_at, theta, cfg.jumprelu_bandwidth)
         x_hat = decode_pairs(z, self.W_dec, self.b_dec, pairs, dtype)
         terms = {"reconstruction": reconstruction_loss(x, x_hat)}
@@ -196,7 +197,7 @@ class JumpReLUSparseAutoencoder(Autoencoder):
         if cfg.jumprelu_sparsity == "step":
             terms["l0"] = lam * step(pre_at, theta, cfg.jumprelu_bandwidth).sum() / batch
         else:
-            norms = self.W_dec.norm(dim=-1)[pairs.cols]
+            norms = pairs.at(self.W_dec.norm(dim=-1))
             terms["tanh"] = lam * torch.tanh(cfg.tanh_scale * z * norms).sum() / batch
         return sparse_output(pairs, x_hat, z, terms)
 

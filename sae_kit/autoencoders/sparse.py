@@ -65,8 +65,10 @@ class Pairs:
     (embedding_bag's bags); `by_col`/`col_offsets`: the same pairs in latent order (computed once,
     on first use, for the weight gradients)."""
 
-    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int):
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int,
+                 flat: torch.Tensor | None = None):
         self.rows, self.cols, self.n_rows, self.n_cols = rows, cols, n_rows, n_cols
+        self.flat = rows * n_cols + cols if flat is None else flat  # index into pre.reshape(-1)
         self.offsets = _starts(rows, n_rows)
         self._by_col: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -75,7 +77,7 @@ class Pairs:
         """Pairs where mask [B, d_sae] (bool) is True."""
         n_rows, n_cols = mask.shape
         flat = mask.reshape(-1).nonzero().squeeze(1)
-        return cls(flat // n_cols, flat % n_cols, n_rows, n_cols)
+        return cls(flat // n_cols, flat % n_cols, n_rows, n_cols, flat)
 
     @classmethod
     def from_indices(cls, indices: torch.Tensor, n_cols: int) -> "Pairs":
@@ -94,27 +96,30 @@ class Pairs:
         return self.nnz / max(1, self.n_rows * self.n_cols)
 
     def take(self, pre: torch.Tensor) -> torch.Tensor:
-        """pre [B, d_sae] at the pairs: [nnz]."""
-        return pre.reshape(-1)[self.rows * self.n_cols + self.cols]
+        """pre [B, d_sae] at the pairs: [nnz] (index_select: several times faster than t[idx] on CPU)."""
+        return pre.reshape(-1).index_select(0, self.flat)
+
+    def at(self, per_latent: torch.Tensor) -> torch.Tensor:
+        """A per-latent vector [d_sae] at the pairs' latents: [nnz] (with autograd)."""
+        return per_latent.index_select(0, self.cols)
 
     def select(self, keep: torch.Tensor) -> "Pairs":
         """The pairs where keep [nnz] (bool) is True (still in token order)."""
-        return Pairs(self.rows[keep], self.cols[keep], self.n_rows, self.n_cols)
+        return Pairs(self.rows[keep], self.cols[keep], self.n_rows, self.n_cols, self.flat[keep])
 
     def by_col(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(order [nnz], col_offsets [d_sae]): order sorts the pairs by latent (an unstable sort of
-        int32 keys: a sum over a latent's tokens needs no order among them), col_offsets where
-        each latent's pairs start in that order."""
+        """(order [nnz], col_offsets [d_sae]): order sorts the pairs by latent, col_offsets where
+        each latent's pairs start in that order. A stable sort of int32 keys: on CPU that is a radix
+        sort, ~30× faster here than the unstable sort (measured: 3 ms against 96 ms for 241k pairs)."""
         if self._by_col is None:
-            order = torch.sort(self.cols.int()).indices
-            self._by_col = (order, _starts(self.cols[order], self.n_cols))
+            order = torch.sort(self.cols.int(), stable=True).indices
+            self._by_col = (order, _starts(self.cols.index_select(0, order), self.n_cols))
         return self._by_col
 
     def fired(self, values: torch.Tensor) -> torch.Tensor:
         """[d_sae] bool: latents with a positive value at some pair (the dead-latent tracker's input)."""
         fired = torch.zeros(self.n_cols, dtype=torch.bool, device=self.cols.device)
-        fired[self.cols[values > 0]] = True
-        return fired
+        return fired.index_fill_(0, self.cols.masked_select(values > 0), True)
 
     def csr(self, values: torch.Tensor) -> torch.Tensor:
         """The [B, d_sae] sparse CSR tensor with `values` [nnz] at the pairs."""
@@ -134,8 +139,21 @@ def bag_by_col(pairs: Pairs, table: torch.Tensor, weights: torch.Tensor) -> torc
     """[d_sae, m]: row i = Σ_{b: (b,i) active} weights_bi table_b, for table [B, m], weights [nnz]
     (the transposed sparse product Sᵀ table with S = the pairs' values)."""
     order, col_offsets = pairs.by_col()
-    return F.embedding_bag(pairs.rows[order], table, col_offsets, per_sample_weights=weights[order].to(table.dtype),
-                           mode="sum")
+    return F.embedding_bag(pairs.rows.index_select(0, order), table, col_offsets,
+                           per_sample_weights=weights.index_select(0, order).to(table.dtype), mode="sum")
+
+
+def sampled_dot(pairs: Pairs, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """[nnz]: left_b · right_i at each pair (b, i), for left [B, m], right [d_sae, m] (SDDMM).
+
+    embedding_bag's own gradient for its per-sample weights computes exactly this (in any dtype,
+    ~20 % faster than torch.sparse.sampled_addmm here, which also lacks bfloat16 on CPU); the
+    public sampled_addmm is the fallback where that internal operator is missing."""
+    op = getattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward", None)
+    if op is not None:
+        return op(left, right, pairs.cols, pairs.offsets, pairs.rows, 0, -1)  # mode 0: sum
+    pattern = pairs.csr(torch.zeros(pairs.nnz, dtype=torch.float32, device=left.device))
+    return torch.sparse.sampled_addmm(pattern, left.float(), right.float().T, beta=0.0).values()
 
 
 class EncoderAtPairs(torch.autograd.Function):
@@ -179,10 +197,7 @@ class DecoderFromPairs(torch.autograd.Function):
         g_c = grad.to(W_c.dtype).contiguous()
         d_values = d_W_dec = None
         if ctx.needs_input_grad[0]:  # ∂z_bi = ∂x̂_b · W_dec,i at the pairs (a sampled dense product)
-            # float32: sampled_addmm has no bfloat16 kernel on CPU, and its inputs are only [B, d] and [d_sae, d]
-            pattern = pairs.csr(torch.zeros(pairs.nnz, dtype=torch.float32, device=grad.device))
-            d_values = torch.sparse.sampled_addmm(pattern, grad.float().contiguous(), W_c.float().T, beta=0.0)
-            d_values = d_values.values().to(ctx.values_dtype)
+            d_values = sampled_dot(pairs, g_c, W_c).to(ctx.values_dtype)
         if ctx.needs_input_grad[1]:
             d_W_dec = bag_by_col(pairs, g_c, v_c).float()
         d_b_dec = grad.sum(0) if ctx.has_b_dec and ctx.needs_input_grad[2] else None
@@ -213,7 +228,7 @@ def encode_at_pairs(model, x_centred: torch.Tensor, pre: torch.Tensor, pairs: Pa
     b_dec = model.b_dec if model.apply_b_dec_to_input else None
     values = pairs.take(pre).float()
     if not bias_added:
-        values = values + model.b_enc.detach().float()[pairs.cols]
+        values = values + pairs.at(model.b_enc.detach().float())
     with torch.autocast(x_centred.device.type, enabled=False):
         return EncoderAtPairs.apply(values, x_centred, model.W_enc, model.b_enc, b_dec, pairs)
 
@@ -272,14 +287,15 @@ def sparse_relu_l1(model, x: torch.Tensor, y: torch.Tensor, lam: float, skip: to
     ForwardOutput with losses {'reconstruction', 'l1'} (the formulas of `sae_kit.autoencoders.sae`)."""
     dtype = compute_dtype(x)
     x_centred = centred_input(model, x, dtype)
-    pre = dense_pre(model, x_centred)
-    pairs = Pairs.from_mask(pre > 0)
-    z = encode_at_pairs(model, x_centred, pre, pairs)  # every value > 0: ReLU is the identity here
+    # u = x_centred W_enc without the bias: a bias addmm would first copy b_enc into all of [B, d_sae]
+    u = dense_pre(model, x_centred, bias=False)
+    pairs = Pairs.from_mask(u > -model.b_enc.detach())
+    z = encode_at_pairs(model, x_centred, u, pairs, bias_added=False)  # every value > 0: ReLU is the identity here
     y_hat = decode_pairs(z, model.W_dec, model.b_dec, pairs, dtype)
     if skip is not None:
         y_hat = y_hat + skip
     norms = model.W_dec.norm(dim=-1)
-    terms = {"reconstruction": reconstruction_loss(y, y_hat), "l1": lam * (z * norms[pairs.cols]).sum() / x.shape[0]}
+    terms = {"reconstruction": reconstruction_loss(y, y_hat), "l1": lam * (z * pairs.at(norms)).sum() / x.shape[0]}
     return sparse_output(pairs, y_hat, z, terms)
 
 
