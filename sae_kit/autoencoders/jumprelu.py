@@ -32,8 +32,8 @@ from torch import nn
 
 from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState
 from sae_kit.autoencoders.losses import reconstruction_loss
-from sae_kit.autoencoders.sparse import (Pairs, centred_input, compute_dtype, decode_pairs, dense_pre, encode_at_pairs,
-                                         sampled_density_is_low, sparse_output, wants_sparse)
+from sae_kit.autoencoders.sparse import (Pairs, centred_input, compute_dtype, decode_pairs, encode_at_pairs,
+                                         sampled_density_is_low, separable_pre, sparse_output, wants_sparse)
 from sae_kit.errors import SaeKitError
 
 
@@ -186,9 +186,9 @@ class JumpReLUSparseAutoencoder(Autoencoder):
         cfg = self.cfg
         dtype = compute_dtype(x)
         x_centred = centred_input(self, x, dtype)
-        u = dense_pre(self, x_centred, bias=False)  # pre = u + b_enc (no [B, d_sae] bias copy)
-        pairs = Pairs.from_mask(self.window(u, self.b_enc.detach()))
-        pre_at = encode_at_pairs(self, x_centred, u, pairs, bias_added=False)
+        p, offset = separable_pre(self, x_centred)  # pre = p + offset
+        pairs = Pairs.from_mask(self.window(p, offset))
+        pre_at = encode_at_pairs(self, x_centred, p, pairs, bias_added=not torch.is_tensor(offset))
         theta = pairs.at(self.threshold)
         z = jumprelu(pre_at, theta, cfg.jumprelu_bandwidth)
         x_hat = decode_pairs(z, self.W_dec, self.b_dec, pairs, dtype)

@@ -220,6 +220,16 @@ def dense_pre(model, x_centred: torch.Tensor, bias: bool = True) -> torch.Tensor
         return torch.addmm(model.b_enc.to(dtype), x_centred, model.W_enc.to(dtype))
 
 
+def separable_pre(model, x_centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """(p, offset) with pre = p + offset, for the models whose pairs follow from pre alone (ReLU,
+    JumpReLU): in float32 p = x_centred W_enc and offset = b_enc (a bias addmm would first copy
+    b_enc into all of [B, d_sae]: one pass saved), in a lower precision p = pre itself (offset 0),
+    rounded as the dense path rounds it, so that both paths keep the same pairs."""
+    if x_centred.dtype == torch.float32:
+        return dense_pre(model, x_centred, bias=False), model.b_enc.detach()
+    return dense_pre(model, x_centred), 0.0
+
+
 def encode_at_pairs(model, x_centred: torch.Tensor, pre: torch.Tensor, pairs: Pairs,
                     bias_added: bool = True) -> torch.Tensor:
     """pre at the pairs [nnz] (float32), carrying the sparse encoder gradients to the model's
@@ -287,10 +297,9 @@ def sparse_relu_l1(model, x: torch.Tensor, y: torch.Tensor, lam: float, skip: to
     ForwardOutput with losses {'reconstruction', 'l1'} (the formulas of `sae_kit.autoencoders.sae`)."""
     dtype = compute_dtype(x)
     x_centred = centred_input(model, x, dtype)
-    # u = x_centred W_enc without the bias: a bias addmm would first copy b_enc into all of [B, d_sae]
-    u = dense_pre(model, x_centred, bias=False)
-    pairs = Pairs.from_mask(u > -model.b_enc.detach())
-    z = encode_at_pairs(model, x_centred, u, pairs, bias_added=False)  # every value > 0: ReLU is the identity here
+    p, offset = separable_pre(model, x_centred)
+    pairs = Pairs.from_mask(p > -offset)
+    z = encode_at_pairs(model, x_centred, p, pairs, bias_added=not torch.is_tensor(offset))  # all > 0: ReLU = identity
     y_hat = decode_pairs(z, model.W_dec, model.b_dec, pairs, dtype)
     if skip is not None:
         y_hat = y_hat + skip
