@@ -21,7 +21,8 @@ order for the weight gradients) and `torch.sparse.sampled_addmm` for ∂z (CPU a
 
 Dense or sparse is the model's `kernels` attribute ('auto' | 'sparse' | 'dense', set by the
 trainer from TrainConfig.kernels): 'auto' takes the sparse path when the density of the code is
-at most `SWITCH_DENSITY` and the batch has at least `MIN_SPARSE_ELEMENTS` entries of pre. The
+at most `SWITCH_DENSITY` (by dense-path kind and dtype) and the batch has at least
+`MIN_SPARSE_ELEMENTS` entries of pre. The
 decision depends only on the batch and the weights (never on earlier steps), so exact resume
 holds either way.
 """
@@ -36,13 +37,20 @@ import torch.nn.functional as F
 from sae_kit.autoencoders.base import ForwardOutput
 from sae_kit.autoencoders.losses import normalized_mse, reconstruction_loss
 
-SWITCH_DENSITY = 0.05
-"""'auto' takes the sparse path at or below this fraction of active pairs (nnz / (B·d_sae)).
+SWITCH_DENSITY = {("fused", torch.float32): 0.04, ("fused", torch.bfloat16): 0.0025,
+                  ("autograd", torch.float32): 0.06, ("autograd", torch.bfloat16): 0.02}
+"""'auto' takes the sparse path at or below this fraction of active pairs (nnz / (B·d_sae)), by the
+kind of dense path it replaces (the L1 SAE's fused backward, or plain autograd: every other
+architecture) and the compute dtype.
 
-Measured (2 CPU cores, AMD EPYC Zen 4, under load; d_in 576 × 4,608, batch 4,096, one L1 SAE
-training step forward + backward, dense fused path against the sparse path, interleaved):
+Measured on 2 CPU cores (AMD EPYC Zen 4, under load from other jobs), d_in 576 × 4,608, batch
+4,096, one training step (loss + backward) on each path at densities 0.25 % … 20 %, interleaved:
     PYTHONPATH=$PWD python scripts/bench/sparse_switch.py
-see that script's docstring for the table; the crossover is written there and here."""
+Crossovers measured (the largest density where sparse was faster): L1 SAE against its fused
+dense backward 0.04 in float32, none in bfloat16 down to 0.0025 in that run (0.0025 in an earlier
+one); TopK against autograd 0.06 in float32, 0.02 in bfloat16. The fused dense L1 step is hard to
+beat in bfloat16, whose matrix products run ~5× faster than in float32 on this CPU while the
+sparse path's passes over [B, d_sae] (the mask compare, nonzero) do not get faster."""
 
 MIN_SPARSE_ELEMENTS = 1 << 20
 """'auto' stays dense below this many entries of pre (B·d_sae): on small batches the index
@@ -254,7 +262,7 @@ def wants_sparse(model, x: torch.Tensor, density: float | None) -> bool:
     """Whether the model's training loss takes the sparse path on this batch x [B, d_in]:
     model.kernels 'sparse' always (with gradients on and a 2-D batch), 'dense' never, 'auto' when
     the batch is large enough (`MIN_SPARSE_ELEMENTS`) and `density` (None: not known before pre
-    is computed; the caller then asks `sampled_density_is_low`) is at most `SWITCH_DENSITY`."""
+    is computed; the caller then asks `sampled_density_is_low`) is at most `switch_density`."""
     mode = getattr(model, "kernels", "auto")
     if mode == "dense" or x.dim() != 2 or not torch.is_grad_enabled():
         return False
@@ -262,7 +270,14 @@ def wants_sparse(model, x: torch.Tensor, density: float | None) -> bool:
         return True
     if x.shape[0] * model.d_sae < MIN_SPARSE_ELEMENTS:
         return False
-    return density is None or density <= SWITCH_DENSITY
+    return density is None or density <= switch_density(model, x)
+
+
+def switch_density(model, x: torch.Tensor) -> float:
+    """`SWITCH_DENSITY` for this model (fused dense path or autograd) and x's compute dtype."""
+    kind = "fused" if getattr(model, "fused", False) else "autograd"
+    dtype = torch.float32 if compute_dtype(x) == torch.float32 else torch.bfloat16
+    return SWITCH_DENSITY[(kind, dtype)]
 
 
 def as_dense(z: torch.Tensor) -> torch.Tensor:
@@ -273,13 +288,13 @@ def as_dense(z: torch.Tensor) -> torch.Tensor:
 def sampled_density_is_low(model, x: torch.Tensor, active) -> bool:
     """'auto' for a model whose density is known only from pre (L1, JumpReLU, Gated): pre of the
     first `DENSITY_SAMPLE_ROWS` tokens (a 1/16 slice of the encoder product at batch 4096), `active`
-    (pre -> bool mask of the pairs it would keep) on it, against `SWITCH_DENSITY`. Always True under
+    (pre -> bool mask of the pairs it would keep) on it, against `switch_density`. Always True under
     kernels 'sparse'."""
     if getattr(model, "kernels", "auto") == "sparse":
         return True
     sample = x[:DENSITY_SAMPLE_ROWS]
     pre = dense_pre(model, centred_input(model, sample, compute_dtype(sample)))
-    return float(active(pre).float().mean()) <= SWITCH_DENSITY
+    return float(active(pre).float().mean()) <= switch_density(model, x)
 
 
 def sparse_output(pairs: Pairs, x_hat: torch.Tensor, z_values: torch.Tensor, terms: dict):

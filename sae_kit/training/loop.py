@@ -197,7 +197,12 @@ def next_batch(batches, step: int, ranks: Distributed):
 def scaled_inputs(batch, slots: list[Slot], stats: InputStats,
                   device: torch.device) -> dict[str | None, tuple[torch.Tensor, torch.Tensor | None]]:
     """{slot key: (x, y)} on `device`, x times its input scale (E‖x‖ = √d_in, Anthropic April 2024)
-    and a transcoder's target y times its own (E‖y‖ = √d_out); y is None for autoencoders."""
+    and a transcoder's target y times its own (E‖y‖ = √d_out); y is None for autoencoders.
+
+    Batches keep their dtype: a bfloat16 store read for bfloat16 training (`batch_dtype`) is scaled
+    in bfloat16 and goes to autocast as it is (the losses promote to float32 against the model's
+    float32 outputs; what runs outside autocast — PCA's moments, resampling, metrics — takes
+    float32 copies)."""
     inputs: dict[str | None, tuple[torch.Tensor, torch.Tensor | None]] = {}
     for slot in slots:
         if slot.key not in inputs:
@@ -218,7 +223,7 @@ def train_step(slot: Slot, x: torch.Tensor, state: TrainingState, lr: float, max
     tracking. Closed-form models only accumulate their moments (returns (None, None)). Returns
     the forward output and the gradient norm."""
     if slot.covariance is not None:  # PCA: accumulate moments, fit at the end
-        slot.covariance.update(x)
+        slot.covariance.update(x.float())
         return None, None
     for group in slot.optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -262,7 +267,7 @@ def train_step(slot: Slot, x: torch.Tensor, state: TrainingState, lr: float, max
 def step_metrics(slot: Slot, x, out, state: TrainingState, lr, grad_norm, scale, batch_size) -> dict:
     """Metrics of one model on the current batch: x is what it reconstructs (a transcoder's target),
     in normalised units, `scale` its normalising constant; MSE is reported in raw units."""
-    x_hat = out.x_hat.float()
+    x, x_hat = x.float(), out.x_hat.float()
     z = as_dense(out.z)  # a sparse path's latents are sparse CSR
     step = state.step
     record = {
@@ -312,7 +317,8 @@ def resample(slots: list[Slot], inputs: dict, step: int, verbose: bool, ranks: D
             continue
         dead = slot.tracker.dead_mask(step + 1)
         x, y = inputs[slot.key]
-        n = resample_dead_latents_(slot.model, slot.optimizer, dead, x, target=y) if ranks.is_main else 0
+        n = resample_dead_latents_(slot.model, slot.optimizer, dead, x.float(),
+                                   target=None if y is None else y.float()) if ranks.is_main else 0
         if slot.parallel is not None:
             n = slot.parallel.share_resampled(slot, n)
         if n:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from sae_kit.autoencoders import AutoencoderConfig, TrainingState, build_autoencoder
-from sae_kit.autoencoders.sparse import (MIN_SPARSE_ELEMENTS, SWITCH_DENSITY, Pairs, as_dense, decode_pairs,
-                                         encode_at_pairs, wants_sparse)
+from sae_kit.autoencoders.sparse import (MIN_SPARSE_ELEMENTS, Pairs, as_dense, decode_pairs,
+                                         encode_at_pairs, switch_density, wants_sparse)
 
 D_IN, D_SAE, BATCH = 12, 192, 48
 
@@ -148,7 +148,8 @@ def test_auto_takes_the_sparse_path_only_on_large_sparse_batches():
     assert not wants_sparse(model, small, 0.0)
     model.kernels = "auto"
     big = torch.empty(math.ceil(MIN_SPARSE_ELEMENTS / D_SAE), D_IN)
-    assert wants_sparse(model, big, SWITCH_DENSITY) and not wants_sparse(model, big, 2 * SWITCH_DENSITY)
+    switch = switch_density(model, big)
+    assert wants_sparse(model, big, switch) and not wants_sparse(model, big, 2 * switch)
     with torch.no_grad():
         assert not wants_sparse(model, big, 0.0)  # no gradients: nothing to gain
 
