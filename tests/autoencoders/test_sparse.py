@@ -164,3 +164,33 @@ def test_auto_measures_the_density_of_the_batch(bias, sparse):
     assert (out.fired is not None) == sparse
     model.kernels = "dense"
     torch.testing.assert_close(model.training_loss(x, TrainingState()).loss, out.loss, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("name,fields,bias", CASES, ids=[c[0] for c in CASES])
+def test_sparse_path_matches_the_dense_path_on_cuda(name, fields, bias, autocast):
+    """The same kernels on CUDA (embedding_bag, its per-sample-weight gradient, the stable sort)."""
+    model = build(fields, bias).cuda()
+    x = torch.randn(BATCH, D_IN, device="cuda")
+    y = torch.randn(BATCH, model.d_out, device="cuda") if model.has_target else None
+    dead = torch.zeros(D_SAE, dtype=torch.bool, device="cuda")
+    dead[::3] = True
+    state = TrainingState(sparsity_scale=0.7, dead_mask=dead, step=3)
+
+    def go(kernels):
+        model.kernels = kernels
+        model.zero_grad(set_to_none=True)
+        if "threshold" in model._buffers:
+            model.threshold.fill_(-1.0)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            out = model.training_loss(x, state) if y is None else model.training_loss(x, state, target=y)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    (dense, dense_grads), (sparse, sparse_grads) = go("dense"), go("sparse")
+    assert sparse.fired is not None
+    close(dense.loss.detach(), sparse.loss.detach(), 3e-2 if autocast else 1e-4, "loss")
+    for param, grad in dense_grads.items():
+        close(grad, sparse_grads[param], 6e-2 if autocast else 1e-4, f"grad {param}")

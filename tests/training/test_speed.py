@@ -103,12 +103,13 @@ def test_bfloat16_store_feeds_autocast_without_a_float32_round_trip(bf16_store, 
             assert 0 < metrics["fvu"] < 2 and metrics["loss"] == metrics["loss"]
 
 
-def test_training_benchmark_quick_form_runs_our_side(tmp_path):
+def test_training_benchmark_quick_form_runs_our_side(tiny_store, tmp_path):
     """scripts/bench/train.py --quick: every architecture, ours in memory and from a store, the dense
     floor, float32 and bfloat16, no peers (no network), the markdown report written."""
     report = tmp_path / "training.md"
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench" / "train.py"), "--quick", "--no-peers",
-                             "--work", str(tmp_path / "work"), "--md", str(report)],
+                             "--store", str(tiny_store), "--hook", "resid.1",
+                             "--work", str(tmp_path / "work"), "--md", str(report)], check=False,
                             capture_output=True, text=True, timeout=600, cwd=ROOT,
                             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -118,3 +119,17 @@ def test_training_benchmark_quick_form_runs_our_side(tmp_path):
     for row in ("sae-kit in-memory", "sae-kit from store", "dense floor"):
         assert row in text, row
     assert "bfloat16" in text and "float32" in text
+    assert "Targets (issue 13)" in text and "from store / in-memory" in text
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_reader_copies_pinned_batches_to_cuda(tiny_store):
+    """The pinned, side-stream copies give the CPU batches, on the device."""
+    store = ActivationStore(tiny_store)
+    hook = store.resolve_hook_name("resid.1")
+    cpu = list(store.batches(hook, 256, epochs=1))
+    cuda = list(store.batches(hook, 256, epochs=1, device="cuda"))
+    assert len(cpu) == len(cuda) and all(b.is_cuda for b in cuda)
+    for a, b in zip(cpu, cuda):
+        assert torch.equal(a, b.cpu())
