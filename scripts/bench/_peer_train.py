@@ -1,9 +1,10 @@
 """One peer trainer on saved batches, run by scripts/bench/train.py inside the peer's own virtualenv.
 
 Imports only torch, safetensors and the peer (never sae_kit). Reads `x` [n, batch, d_in] (float32,
-already scaled to E‖x‖ = √d_in) from --batches; for each dtype: a throw-away warm-up run of
---warmup steps on a fresh model, then a fresh model trained --steps steps on batches 0 … steps−1,
-timed; FVU and L0 of that model on the last saved batch (never trained on). Prints one JSON line
+already scaled to E‖x‖ = √d_in) from --batches; for each dtype, after a short throw-away run, a fresh model trains --warmup +
+--steps steps on batches 0, 1, …, and the last --steps of them are timed (from the moment the
+trainer asks for batch --warmup to the end: start-up costs stay out); FVU and L0 of that model on
+the last saved batch (never trained on). Prints one JSON line
 per dtype: {"dtype", "tokens_per_s", "fvu", "l0", "note"}.
 
 Peers and what runs:
@@ -40,6 +41,22 @@ def fvu_l0(encode, decode, x: torch.Tensor) -> tuple[float, float]:
         return fvu, float((z != 0).float().sum(-1).mean())
 
 
+class Timed:
+    """Batches 0, 1, … of `batches`, noting the time at which batch `mark` is asked for."""
+
+    def __init__(self, batches: torch.Tensor, n: int, mark: int):
+        self.batches, self.n, self.mark, self.started = batches, n, mark, None
+
+    def __iter__(self):
+        for i in range(self.n):
+            if i == self.mark:
+                self.started = time.perf_counter()
+            yield self.batches[i]
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+
 @contextlib.contextmanager
 def quiet():
     with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull), contextlib.redirect_stdout(devnull):
@@ -69,11 +86,11 @@ def saelens_run(arch, batches, steps, dtype, args):
     cfg = SAETrainerConfig(total_training_samples=steps * batches.shape[1], train_batch_size_samples=batches.shape[1],
                            lr=args.lr, lr_end=args.lr, lr_decay_steps=max(1, steps // 5), adam_beta1=0.9,
                            adam_beta2=0.999, autocast=dtype == "bfloat16", n_batches_for_norm_estimate=1)
-    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(batches[:steps]))
-    start = time.perf_counter()
+    timer = Timed(batches, steps, args.warmup)
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(timer))
     with quiet():
         trainer.fit()
-    seconds = time.perf_counter() - start
+    seconds = timer.seconds()
     sae.eval()
     return seconds, (sae.encode, sae.decode), ""
 
@@ -99,12 +116,12 @@ def dictionary_run(arch, batches, steps, dtype, args):
             "gated": lambda: GatedSAETrainer(**common, **sparsity)}[arch]
     trainer = make()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
-    start = time.perf_counter()
+    timer = Timed(batches, steps, args.warmup)
     with quiet():
-        for step in range(steps):
+        for step, x in enumerate(timer):
             with autocast:
-                trainer.update(step, batches[step])
-    seconds = time.perf_counter() - start
+                trainer.update(step, x)
+    seconds = timer.seconds()
     ae = trainer.ae.eval()
     return seconds, (ae.encode, ae.decode), ""
 
@@ -122,9 +139,8 @@ def sparsify_run(arch, batches, steps, dtype, args):
                               momentum=0.95)
     opt.train()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
-    start = time.perf_counter()
-    for step in range(steps):
-        x = batches[step]
+    timer = Timed(batches, steps, args.warmup)
+    for x in timer:
         with autocast:
             out = sae(x)
         out.fvu.backward()
@@ -132,7 +148,7 @@ def sparsify_run(arch, batches, steps, dtype, args):
         sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
         opt.zero_grad()
-    seconds = time.perf_counter() - start
+    seconds = timer.seconds()
     opt.eval()
 
     def encode(x):
@@ -163,8 +179,10 @@ def main() -> None:
     held_out = batches[-1]
     run = RUNS[args.peer]
     for dtype in args.dtypes.split(","):
-        run(args.arch, batches, args.warmup, dtype, args)  # warm-up: fresh model, thrown away
-        seconds, (encode, decode), note = run(args.arch, batches, args.steps, dtype, args)
+        # a throw-away run first: the first run in a process is slower (the allocator's first
+        # mappings of big buffers), and the peers start in fresh processes
+        run(args.arch, batches, args.warmup + 1, dtype, args)
+        seconds, (encode, decode), note = run(args.arch, batches, args.warmup + args.steps, dtype, args)
         fvu, l0 = fvu_l0(encode, decode, held_out)
         print(json.dumps({"dtype": dtype, "tokens_per_s": args.steps * batches.shape[1] / seconds, "fvu": fvu,
                           "l0": l0, "note": note}), flush=True)

@@ -15,8 +15,8 @@ bfloat16 autocast, one after the other in one run and on the same batches of one
     (.venv-peers, .venv-peers-dictionary, .venv-peers-sparsify; `--no-peers` skips them), each
     run in a subprocess on the same batches saved as safetensors (`scripts/bench/_peer_train.py`).
 
-Every trainer: a throw-away warm-up run, then a fresh model trained --steps steps, timed; FVU and
-L0 of that model on a held-out batch. The table gives tokens/s, the ratio to the fastest peer and
+Every trainer: a fresh model trained --warmup + --steps steps on the same batches, the last
+--steps timed (start-up costs stay out); FVU and L0 of that model on a held-out batch. The table gives tokens/s, the ratio to the fastest peer and
 to the floor, FVU and L0 (flagged where not within ±2 % relative of the fastest peer's), and the
 targets of issue 13. Without --store the script harvests the default model's resid.8
 (SmolLM2-135M, stdlib docstrings) once into --work, in float32 and bfloat16.
@@ -30,12 +30,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+# OpenMP threads that spin while they wait starve the rest of the step on an oversubscribed CPU
+# (measured here, 2 cores shared with other jobs: a plain in-memory loop ran 5–20× slower than
+# with passive waiting, a loop whose reader thread blocks in between did not). Set before torch
+# loads OpenMP; the peers' subprocesses inherit it, so every trainer runs under the same policy.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -66,7 +73,7 @@ def default_stores(work: Path, tokens: int) -> dict[str, Path]:
     stores, loaded = {}, None
     for dtype in DTYPES:
         out = work / f"store-{dtype}"
-        if not (out / "manifest.json").exists() or not ActivationStore(out).manifest.get("finished"):
+        if not (out / "manifest.json").exists() or not ActivationStore(out).manifest.get("complete"):
             loaded = loaded or load_model("default")
             harvest(HarvestConfig(out=str(out), hooks=("resid.8",), tokens=tokens, dtype=dtype), loaded=loaded,
                     overwrite=True, progress=False)
@@ -96,15 +103,23 @@ def our_config(arch: str, args, dtype: str) -> TrainConfig:
 
 
 def time_ours(arch: str, args, dtype: str, source, d_in: int, scale: float, held_out: torch.Tensor):
-    """(tokens/s, FVU, L0): a warm-up run, then a fresh model trained --steps steps, timed."""
+    """(tokens/s, FVU, L0): a fresh model trained --warmup + --steps steps, the last --steps timed
+    (from the moment the loop asks for batch --warmup: the reader's start-up, the first
+    allocations stay out, as in a long run), as the peers are timed."""
     cfg = our_config(arch, args, dtype)
     stats = InputStats(scale=scale, mean=[0.0] * d_in, geometric_median=None, n_tokens=0)
     device = torch.device("cpu")
-    for steps in (args.warmup, args.steps):
-        slot = make_slot(model_specs(cfg, d_in)[0], cfg, device, math.ceil(1e6 / args.batch_size), stats)
-        start = time.perf_counter()
-        fit(cfg, [slot], source, steps, stats, device=device, progress=False)
-        seconds = time.perf_counter() - start
+    slot = make_slot(model_specs(cfg, d_in)[0], cfg, device, math.ceil(1e6 / args.batch_size), stats)
+    started = []
+
+    def timed_source(skip):
+        for i, batch in enumerate(source(skip)):
+            if i == args.warmup:
+                started.append(time.perf_counter())
+            yield batch
+
+    fit(cfg, [slot], timed_source, args.warmup + args.steps, stats, device=device, progress=False)
+    seconds = time.perf_counter() - started[0]
     model = slot.model.eval()
     with torch.no_grad():
         z = model.encode(held_out)
@@ -170,7 +185,7 @@ def peer_python(peer: str) -> Path:
 def run_peer(peer: str, arch: str, args, batches: Path) -> dict[str, dict]:
     """{dtype: {tokens_per_s, fvu, l0, note}} from the peer's subprocess, or {} when it failed."""
     command = [str(peer_python(peer)), str(ROOT / "scripts" / "bench" / "_peer_train.py"), "--peer", peer,
-               "--arch", arch, "--batches", str(batches), "--d-sae", str(args.d_sae), "--k", str(args.k),
+               "--arch", arch, "--batches", str(batches.resolve()), "--d-sae", str(args.d_sae), "--k", str(args.k),
                "--l1", str(args.l1), "--lr", str(args.lr), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=batches.parent)
     rows = {}
@@ -188,7 +203,7 @@ def run_peer(peer: str, arch: str, args, batches: Path) -> dict[str, dict]:
 def measure(args, stores: dict[str, Path], hook: str) -> tuple[list[dict], dict]:
     store = ActivationStore(stores["float32"])
     work = Path(args.work)
-    x, scale, batches = saved_batches(store, hook, args, args.steps + 1, work)
+    x, scale, batches = saved_batches(store, hook, args, args.warmup + args.steps + 1, work)
     d_in, held_out = x.shape[-1], x[-1]
     rows, floors = [], {dtype: floor_tokens_per_s(args, d_in, dtype) for dtype in DTYPES}
     for arch in args.archs:
@@ -196,6 +211,9 @@ def measure(args, stores: dict[str, Path], hook: str) -> tuple[list[dict], dict]
                                           if arch in spec[3] and p in args.peers}
         for dtype in DTYPES:
             dtype_store = ActivationStore(stores[dtype])
+            # a throw-away run first (as the peers do): the first run of a shape is slower
+            time_ours(arch, argparse.Namespace(**{**vars(args), "steps": 1}), dtype, memory_source(x, dtype), d_in,
+                      1.0, held_out)
             ours = {"sae-kit in-memory": time_ours(arch, args, dtype, memory_source(x, dtype), d_in, 1.0, held_out),
                     "sae-kit from store": time_ours(arch, args, dtype, store_source(dtype_store, hook, args, dtype),
                                                     d_in, scale, held_out)}
@@ -203,7 +221,7 @@ def measure(args, stores: dict[str, Path], hook: str) -> tuple[list[dict], dict]
                 rows.append({"arch": arch, "dtype": dtype, "trainer": trainer, "tokens_per_s": speed, "fvu": fvu, "l0": l0})
             for peer, result in peers.items():
                 if dtype in result:
-                    rows.append({"arch": arch, "dtype": dtype, "trainer": PEER_NAMES[peer], **result})
+                    rows.append({"arch": arch, "dtype": dtype, "trainer": PEER_NAMES[peer], **result[dtype]})
             print(f"{arch} {dtype}: " + ", ".join(f"{r['trainer']} {r['tokens_per_s']:,.0f}" for r in rows
                                                  if r["arch"] == arch and r["dtype"] == dtype), flush=True)
     return rows, floors
@@ -270,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wide", action="store_true", help="also d_sae = 32 × d_in (576 × 18,432)")
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per trainer")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--l1", type=float, default=5.0)
     parser.add_argument("--lr", type=float, default=5e-5)
@@ -296,8 +314,9 @@ def main(argv: list[str] | None = None) -> None:
         d_in = ActivationStore(stores["float32"]).d_in(hook)
         sections += [f"### d_in {d_in} × d_sae {d_sae}, batch {args.batch_size}", "", *table(rows, floors), "",
                      "Targets (issue 13):", "", *targets(rows), ""]
-    header = (f"{torch.get_num_threads()} threads, torch {torch.__version__}; {args.steps} timed steps per trainer "
-              f"after a {args.warmup}-step warm-up run; FVU and L0 on a held-out batch after those steps; "
+    header = (f"{torch.get_num_threads()} threads (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), "
+              f"torch {torch.__version__}; each trainer: a fresh model, "
+              f"{args.warmup} + {args.steps} steps, the last {args.steps} timed; FVU and L0 on a held-out batch after them; "
               f"k {args.k}, λ {args.l1}, lr {args.lr:g}; trainers run one after another in one process run.")
     text = "\n".join([header, "", *sections])
     print(text)
