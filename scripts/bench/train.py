@@ -110,6 +110,8 @@ def time_ours(arch: str, args, dtype: str, source, d_in: int, scale: float, held
     stats = InputStats(scale=scale, mean=[0.0] * d_in, geometric_median=None, n_tokens=0)
     device = torch.device("cpu")
     slot = make_slot(model_specs(cfg, d_in)[0], cfg, device, math.ceil(1e6 / args.batch_size), stats)
+    if getattr(args, "sparse_start", False) and slot.model.cfg.k is None:
+        sparse_start_(slot.model, held_out, args.k / args.d_sae)
     started = []
 
     def timed_source(skip):
@@ -125,6 +127,15 @@ def time_ours(arch: str, args, dtype: str, source, d_in: int, scale: float, held
         z = model.encode(held_out)
         fvu, l0 = float(metrics.fvu(held_out, model.decode(z))), float(metrics.l0(z))
     return args.steps * args.batch_size / seconds, fvu, l0
+
+
+@torch.no_grad()
+def sparse_start_(model, x: torch.Tensor, density: float) -> None:
+    """Shift b_enc so that a fraction `density` of pre > 0 on x (L0 = density · d_sae): the code of a
+    trained L1 / JumpReLU / Gated model, from the first step (at init half the ReLU code is active,
+    and λ has not warmed up)."""
+    pre = model.pre_activation(x).flatten()
+    model.b_enc.sub_(float(torch.quantile(pre[torch.randperm(pre.numel())[: 1 << 22]], 1 - density)))
 
 
 def memory_source(x: torch.Tensor, dtype: str):
@@ -149,11 +160,12 @@ def floor_tokens_per_s(args, d_in: int, dtype: str) -> float:
     def step():
         x @ W_enc, z @ W_dec, dx @ W_dec.T, z.T @ dx, x.T @ z
 
-    step()
-    start = time.perf_counter()
-    for _ in range(args.steps):
+    best = math.inf
+    for _ in range(2 + args.steps):  # the best single step: the floor, with the first (cold) ones among the tries
+        start = time.perf_counter()
         step()
-    return args.steps * B / (time.perf_counter() - start)
+        best = min(best, time.perf_counter() - start)
+    return B / best
 
 
 # -- peers -------------------------------------------------------------------------------------------
@@ -293,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--l1", type=float, default=5.0)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--harvest-tokens", type=int, default=65_536)
+    parser.add_argument("--sparse-start", action="store_true",
+                        help="ours only: start L1/JumpReLU/Gated models with L0 = k (their trained sparsity)")
     parser.add_argument("--quick", action="store_true", help="d_sae 256, batch 256, 2 steps: checks the pipeline")
     parser.add_argument("--md", help="markdown report (default reports/benchmarks/training.md unless --quick)")
     args = parser.parse_args(argv)
