@@ -79,7 +79,7 @@ def main() -> None:
     peak = peak_flops()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 peak "
           f"{peak / 1e12:.0f} TFLOP/s" if peak else f"{torch.cuda.get_device_name()}: bf16 peak unknown (no MFU)")
-    print(f"| d_in × d_sae | trainer | kernels | ms/step | tokens/s | MFU (5 dense products) |\n|---|---|---|---:|---:|---:|")
+    print("| d_in × d_sae | trainer | kernels | ms/step | tokens/s | MFU (5 dense products) |\n|---|---|---|---:|---:|---:|")
     B = args.batch_size
     for shape in args.shapes.split(","):
         d, F = (int(v) for v in shape.split("x"))
