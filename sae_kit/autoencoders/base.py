@@ -45,6 +45,9 @@ class ForwardOutput(NamedTuple):
     """Named scalar loss terms, already weighted: `loss` is their sum (e.g. reconstruction, l1)."""
     loss: torch.Tensor
     """The scalar training loss, Σ losses.values()."""
+    fired: torch.Tensor | None = None
+    """[d_sae] bool: latents that fired on the batch, where a sparse path knows them from its pairs
+    (then z is a sparse CSR tensor: `sae_kit.autoencoders.sparse.as_dense`); None: read z."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,10 @@ class Autoencoder(nn.Module):
     transcoders, whose b_dec lives in the target's space (SAELens' field of the same name)."""
     supports_latent_sharding: ClassVar[bool] = False
     """Implements `sharded_training_loss`, so `--shard-latents` can split its latents over ranks."""
+    kernels: str = "auto"
+    """Training-loss kernels: 'auto' (sparse when the code is sparse enough), 'sparse' or 'dense'
+    (`sae_kit.autoencoders.sparse`; the trainer sets it from TrainConfig.kernels). Models without a
+    sparse path ignore it."""
 
     cfg: object
 

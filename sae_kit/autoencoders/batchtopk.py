@@ -29,6 +29,8 @@ import torch.nn.functional as F
 
 from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState
 from sae_kit.autoencoders.losses import auxk_loss, reconstruction_loss
+from sae_kit.autoencoders.sparse import (Pairs, centred_input, compute_dtype, decode_pairs, dense_pre, encode_at_pairs,
+                                         sparse_auxk, sparse_output, wants_sparse)
 from sae_kit.errors import SaeKitError
 
 CANDIDATES_PER_K = 4
@@ -63,12 +65,20 @@ def batch_topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     one is kept). The gradient flows like a ReLU's through the kept entries.
     """
     acts = F.relu(pre)
+    cut = batch_cut(acts, k)
+    return acts * (acts >= cut), cut
+
+
+@torch.no_grad()
+def batch_cut(acts: torch.Tensor, k: int) -> torch.Tensor:
+    """The cut (> 0) of `batch_topk` for acts = ReLU(pre) [..., d_sae]: the (B·k)-th largest entry,
+    or the smallest positive one when fewer than B·k are positive (1 when none is)."""
     flat = acts.reshape(-1, acts.shape[-1])
-    cut = batch_topk_cut(flat.detach(), k * flat.shape[0])
+    cut = batch_topk_cut(flat, k * flat.shape[0])
     if not bool(cut > 0):  # fewer than B·k positive entries: keep them all
         positive = flat[flat > 0]
-        cut = positive.min().detach() if positive.numel() else torch.ones((), dtype=acts.dtype, device=acts.device)
-    return acts * (acts >= cut), cut
+        cut = positive.min() if positive.numel() else torch.ones((), dtype=acts.dtype, device=acts.device)
+    return cut
 
 
 class BatchTopKSparseAutoencoder(Autoencoder):
@@ -134,13 +144,37 @@ class BatchTopKSparseAutoencoder(Autoencoder):
         self.threshold.copy_(new)
 
     def training_loss(self, x: torch.Tensor, state: TrainingState) -> ForwardOutput:
-        """x [batch, d_in] -> ForwardOutput with losses {'reconstruction'} (+ 'auxk' when latents are dead)."""
+        """x [batch, d_in] -> ForwardOutput with losses {'reconstruction'} (+ 'auxk' when latents are
+        dead); on the sparse path when `kernels` asks for it ('auto': k / d_sae low enough)."""
+        if self.training and wants_sparse(self, x, self.cfg.k / self.d_sae):
+            return self.sparse_training_loss(x, state)
         pre = self.pre_activation(x)
         z = self.activation(pre)
         x_hat = self.decode(z)
         terms = {"reconstruction": reconstruction_loss(x, x_hat)}
         self.add_auxk(terms, x, x_hat, pre, state)
         return ForwardOutput(x_hat=x_hat, z=z, losses=terms, loss=sum(terms.values()))
+
+    def sparse_pairs(self, x: torch.Tensor):
+        """(x − b_dec, pre, pairs, z at the pairs) of the sparse path: the pairs are the batch top-(B·k)
+        (all ≥ the cut > 0, so ReLU is the identity on them); θ is updated from the cut."""
+        dtype = compute_dtype(x)
+        x_centred = centred_input(self, x, dtype)
+        pre = dense_pre(self, x_centred)
+        cut = batch_cut(F.relu(pre), self.cfg.k)
+        self.update_threshold_(cut)
+        pairs = Pairs.from_mask(pre >= cut)
+        return x_centred, pre, pairs, encode_at_pairs(self, x_centred, pre, pairs)
+
+    def sparse_training_loss(self, x: torch.Tensor, state: TrainingState) -> ForwardOutput:
+        """`training_loss` through the active pairs (`sae_kit.autoencoders.sparse`)."""
+        x_centred, pre, pairs, z = self.sparse_pairs(x)
+        x_hat = decode_pairs(z, self.W_dec, self.b_dec, pairs, x_centred.dtype)
+        terms = {"reconstruction": reconstruction_loss(x, x_hat)}
+        aux = sparse_auxk(self, x_centred, pre, x - x_hat, state.dead_mask)
+        if aux is not None:
+            terms["auxk"] = aux
+        return sparse_output(pairs, x_hat, z, terms)
 
     def add_auxk(self, terms: dict, x, x_hat, pre, state: TrainingState) -> None:
         """terms['auxk'] = α · AuxK(x − x̂) when the state marks dead latents and α > 0."""

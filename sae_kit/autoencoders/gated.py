@@ -30,6 +30,8 @@ from torch import nn
 
 from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState, need
 from sae_kit.autoencoders.losses import reconstruction_loss, weighted_l1
+from sae_kit.autoencoders.sparse import (Pairs, centred_input, compute_dtype, decode_pairs, dense_pre, encode_at_pairs,
+                                         sampled_density_is_low, sparse_output, wants_sparse)
 
 
 class GatedSparseAutoencoder(Autoencoder):
@@ -90,7 +92,10 @@ class GatedSparseAutoencoder(Autoencoder):
         return {"l1_coefficient": self.l1_coefficient(state)}
 
     def training_loss(self, x: torch.Tensor, state: TrainingState) -> ForwardOutput:
-        """x [batch, d_in] -> ForwardOutput with losses {'reconstruction', 'l1', 'auxiliary'}."""
+        """x [batch, d_in] -> ForwardOutput with losses {'reconstruction', 'l1', 'auxiliary'}; on the
+        sparse path when `kernels` asks for it ('auto': when the gate is sparse enough)."""
+        if wants_sparse(self, x, None) and sampled_density_is_low(self, x, lambda pre: pre > 0):
+            return self.sparse_training_loss(x, state)
         pi_gate, pi_mag = self.paths(self.centred_projection(x))
         z = self.combine(pi_gate, pi_mag)
         x_hat = self.decode(z)
@@ -100,6 +105,23 @@ class GatedSparseAutoencoder(Autoencoder):
                  "l1": self.l1_coefficient(state) * weighted_l1(gate, self.W_dec),
                  "auxiliary": reconstruction_loss(x, frozen)}
         return ForwardOutput(x_hat=x_hat, z=z, losses=terms, loss=sum(terms.values()))
+
+    def sparse_training_loss(self, x: torch.Tensor, state: TrainingState) -> ForwardOutput:
+        """`training_loss` through the pairs where the gate is open (π_gate > 0: z, ReLU(π_gate) and
+        the frozen decoder's input all vanish elsewhere; `sae_kit.autoencoders.sparse`)."""
+        dtype = compute_dtype(x)
+        x_centred = centred_input(self, x, dtype)
+        u = dense_pre(self, x_centred, bias=False)  # b_enc is b_gate: π_gate = u + b_gate
+        pairs = Pairs.from_mask(u > -self.b_gate.detach())
+        gate = encode_at_pairs(self, x_centred, u, pairs, bias_added=False)  # π_gate > 0 = ReLU(π_gate) here
+        z = F.relu((gate - pairs.at(self.b_gate)) * pairs.at(self.r_mag).exp() + pairs.at(self.b_mag))
+        x_hat = decode_pairs(z, self.W_dec, self.b_dec, pairs, dtype)
+        frozen = decode_pairs(gate, self.W_dec.detach(), self.b_dec.detach(), pairs, dtype)
+        norms = pairs.at(self.W_dec.norm(dim=-1))
+        terms = {"reconstruction": reconstruction_loss(x, x_hat),
+                 "l1": self.l1_coefficient(state) * (gate * norms).sum() / x.shape[0],
+                 "auxiliary": reconstruction_loss(x, frozen)}
+        return sparse_output(pairs, x_hat, z, terms)
 
     @torch.no_grad()
     def absorb_input_offset_(self, offset: torch.Tensor) -> None:

@@ -32,6 +32,8 @@ from torch import nn
 
 from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState
 from sae_kit.autoencoders.losses import reconstruction_loss
+from sae_kit.autoencoders.sparse import (Pairs, centred_input, compute_dtype, decode_pairs, encode_at_pairs,
+                                         sampled_density_is_low, separable_pre, sparse_output, wants_sparse)
 from sae_kit.errors import SaeKitError
 
 
@@ -153,6 +155,9 @@ class JumpReLUSparseAutoencoder(Autoencoder):
         """x [batch, d_in] -> ForwardOutput with losses {'reconstruction', 'l0'} ('step') or
         {'reconstruction', 'tanh'} ('tanh'), and 'pre_act' when latents are dead and its weight > 0."""
         cfg, theta = self.cfg, self.threshold
+        if (cfg.pre_act_loss_coefficient <= 0 and wants_sparse(self, x, None)
+                and sampled_density_is_low(self, x, self.window)):
+            return self.sparse_training_loss(x, state)
         pre = self.pre_activation(x)
         z = jumprelu(pre, theta, cfg.jumprelu_bandwidth)
         x_hat = self.decode(z)
@@ -168,6 +173,33 @@ class JumpReLUSparseAutoencoder(Autoencoder):
             weights = self.W_dec.norm(dim=-1) * dead
             terms["pre_act"] = cfg.pre_act_loss_coefficient * (F.relu(theta - pre) * weights).sum(-1).mean()
         return ForwardOutput(x_hat=x_hat, z=z, losses=terms, loss=sum(terms.values()))
+
+    def window(self, u: torch.Tensor, bias: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """The pairs the sparse path keeps, for pre = u + bias: pre > θ − ε, a superset of the active
+        ones (pre > θ) and of the straight-through kernel's support |pre − θ| < ε/2, where z = 0 but
+        ∂θ is not."""
+        return u > self.threshold.detach() - self.cfg.jumprelu_bandwidth - bias
+
+    def sparse_training_loss(self, x: torch.Tensor, state: TrainingState) -> ForwardOutput:
+        """`training_loss` through the pairs of `window` (`sae_kit.autoencoders.sparse`); the
+        pre-activation penalty on dead latents needs every pre, so it stays on the dense path."""
+        cfg = self.cfg
+        dtype = compute_dtype(x)
+        x_centred = centred_input(self, x, dtype)
+        p, offset = separable_pre(self, x_centred)  # pre = p + offset
+        pairs = Pairs.from_mask(self.window(p, offset))
+        pre_at = encode_at_pairs(self, x_centred, p, pairs, bias_added=not torch.is_tensor(offset))
+        theta = pairs.at(self.threshold)
+        z = jumprelu(pre_at, theta, cfg.jumprelu_bandwidth)
+        x_hat = decode_pairs(z, self.W_dec, self.b_dec, pairs, dtype)
+        terms = {"reconstruction": reconstruction_loss(x, x_hat)}
+        lam, batch = self.l0_coefficient(state), x.shape[0]
+        if cfg.jumprelu_sparsity == "step":
+            terms["l0"] = lam * step(pre_at, theta, cfg.jumprelu_bandwidth).sum() / batch
+        else:
+            norms = pairs.at(self.W_dec.norm(dim=-1))
+            terms["tanh"] = lam * torch.tanh(cfg.tanh_scale * z * norms).sum() / batch
+        return sparse_output(pairs, x_hat, z, terms)
 
     # -- SAELens ---------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import torch
 
 from sae_kit.autoencoders.base import ForwardOutput, TrainingState
 from sae_kit.autoencoders.batchtopk import BatchTopKSparseAutoencoder
+from sae_kit.autoencoders.sparse import decode_pairs, sparse_auxk, sparse_output, wants_sparse
 from sae_kit.autoencoders.losses import reconstruction_loss
 from sae_kit.errors import SaeKitError
 
@@ -74,7 +75,10 @@ class MatryoshkaSparseAutoencoder(BatchTopKSparseAutoencoder):
 
     def training_loss(self, x: torch.Tensor, state: TrainingState) -> ForwardOutput:
         """x [batch, d_in] -> ForwardOutput with losses 'prefix_<m_j>' for the inner prefixes,
-        'reconstruction' for the whole dictionary (+ 'auxk' when latents are dead)."""
+        'reconstruction' for the whole dictionary (+ 'auxk' when latents are dead); on the sparse
+        path when `kernels` asks for it."""
+        if self.training and wants_sparse(self, x, self.cfg.k / self.d_sae):
+            return self.sparse_training_loss(x, state)
         pre = self.pre_activation(x)
         z = self.activation(pre)
         losses, x_hat = prefix_losses(x, z, self.W_dec, self.b_dec, self.prefixes)
@@ -82,6 +86,24 @@ class MatryoshkaSparseAutoencoder(BatchTopKSparseAutoencoder):
         terms["reconstruction"] = losses[-1]
         self.add_auxk(terms, x, x_hat, pre, state)
         return ForwardOutput(x_hat=x_hat, z=z, losses=terms, loss=sum(terms.values()))
+
+    def sparse_training_loss(self, x: torch.Tensor, state: TrainingState) -> ForwardOutput:
+        """`training_loss` through the active pairs: each prefix decodes the pairs of its own latents
+        (m_{j-1} ≤ i < m_j), added up as in `prefix_losses`."""
+        x_centred, pre, pairs, z = self.sparse_pairs(x)
+        x_hat, start, losses = self.b_dec.float().expand_as(x), 0, []
+        for end in self.prefixes:
+            keep = (pairs.cols >= start) & (pairs.cols < end)
+            part = pairs.select(keep)
+            x_hat = x_hat + decode_pairs(z[keep], self.W_dec, None, part, x_centred.dtype)
+            losses.append(reconstruction_loss(x, x_hat))
+            start = end
+        terms = {f"prefix_{m}": loss for m, loss in zip(self.prefixes[:-1], losses[:-1])}
+        terms["reconstruction"] = losses[-1]
+        aux = sparse_auxk(self, x_centred, pre, x - x_hat, state.dead_mask)
+        if aux is not None:
+            terms["auxk"] = aux
+        return sparse_output(pairs, x_hat, z, terms)
 
     # -- SAELens ---------------------------------------------------------------------------------
 

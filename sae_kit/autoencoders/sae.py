@@ -16,14 +16,17 @@ import torch.nn.functional as F
 from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState, affine
 from sae_kit.autoencoders.fused import sae_l1_loss
 from sae_kit.autoencoders.losses import reconstruction_loss, weighted_l1
+from sae_kit.autoencoders.sparse import sampled_density_is_low, sparse_relu_l1, wants_sparse
 
 
 class SparseAutoencoder(Autoencoder):
     """The ReLU + L1 SAE (module docstring).
 
-    `fused` (default True) computes the training loss with the hand-written backward of
-    `sae_kit.autoencoders.fused` when gradients are on and x is [batch, d_in]; set it to False
-    for the plain autograd version (identical maths, tested against each other).
+    With gradients on and x [batch, d_in], the training loss takes the sparse path of
+    `sae_kit.autoencoders.sparse` when `kernels` asks for it ('auto': when ReLU's code is sparse
+    enough); else `fused` (default True) computes it with the hand-written dense backward of
+    `sae_kit.autoencoders.fused`; set it to False for the plain autograd version (identical maths,
+    the three tested against each other).
     """
 
     arch = "sae"
@@ -63,6 +66,8 @@ class SparseAutoencoder(Autoencoder):
     def training_loss(self, x: torch.Tensor, state: TrainingState, target: torch.Tensor | None = None) -> ForwardOutput:
         """x [batch, d_in] -> ForwardOutput with losses {'reconstruction', 'l1'}."""
         lam = self.l1_coefficient(state)
+        if wants_sparse(self, x, None) and sampled_density_is_low(self, x, lambda pre: pre > 0):
+            return sparse_relu_l1(self, x, x, lam)
         if self.fused and torch.is_grad_enabled() and x.dim() == 2:
             reconstruction, l1, x_hat, z = sae_l1_loss(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, lam)
             terms = {"reconstruction": reconstruction, "l1": l1}

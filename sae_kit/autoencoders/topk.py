@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState, affine
 from sae_kit.autoencoders.losses import auxk_term, normalized_mse, reconstruction_loss
+from sae_kit.autoencoders.sparse import sparse_topk, wants_sparse
 from sae_kit.errors import SaeKitError
 
 
@@ -82,7 +83,10 @@ class TopKSparseAutoencoder(Autoencoder):
 
     def training_loss(self, x: torch.Tensor, state: TrainingState, target: torch.Tensor | None = None) -> ForwardOutput:
         """x [batch, d_in] -> ForwardOutput with losses {'reconstruction'} and, when the state marks
-        dead latents and α > 0, 'auxk'. (`target`: unused, an SAE reconstructs x.)"""
+        dead latents and α > 0, 'auxk'. (`target`: unused, an SAE reconstructs x.) The sparse path
+        (`sae_kit.autoencoders.sparse`) when `kernels` asks for it ('auto': k / d_sae is low enough)."""
+        if wants_sparse(self, x, self.cfg.k / self.d_sae):
+            return sparse_topk(self, x, x, state)
         pre = self.pre_activation(x)
         z = self.activation(pre)
         x_hat = self.decode(z)

@@ -76,6 +76,18 @@ class ActivationStore:
     def d_in(self, hook: str) -> int:
         return int(self._hook(hook)["d"])
 
+    def storage_dtype(self, hook: str) -> torch.dtype:
+        """The dtype the hook's activations are stored in (manifest; float32 for stores that do not say)."""
+        return getattr(torch, self._hook(hook).get("dtype", "float32"))
+
+    def batch_dtype(self, hooks: str | tuple[str, ...], compute_dtype: str) -> torch.dtype:
+        """The dtype training batches are gathered in: bfloat16 when training computes in bfloat16 and
+        every hook is stored in bfloat16 (no float32 round trip: half the bytes gathered and copied
+        to the device; autocast would round the float32 copy back to bfloat16 anyway), else float32."""
+        names = (hooks,) if isinstance(hooks, str) else hooks
+        stored = {self.storage_dtype(h) for h in names}
+        return torch.bfloat16 if compute_dtype == "bfloat16" and stored == {torch.bfloat16} else torch.float32
+
     def count(self, split: str = "train", skip_bos: bool = True) -> int:
         """Number of tokens in `split` ('train', 'eval' or 'all')."""
         return sum(int(self.row_mask(s, split, skip_bos).sum()) for s in range(len(self.shards)))

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from sae_kit import faults
 from sae_kit.autoencoders import Autoencoder, ForwardOutput, TrainingState, build_autoencoder
+from sae_kit.autoencoders.sparse import as_dense
 from sae_kit.errors import SaeKitError
 from sae_kit.evaluation import metrics
 from sae_kit.training.checkpoint import find_checkpoint, write_checkpoint
@@ -82,6 +83,7 @@ def make_slot(spec: ModelSpec, cfg: TrainConfig, device: torch.device, window_st
         raise ValueError("make_slot needs a resolved TrainConfig: call sae_kit.training.recipe.resolve first")
     torch.manual_seed(cfg.seed)
     model = build_autoencoder(spec.cfg)
+    model.kernels = cfg.kernels
     if model.fitted_in_closed_form:
         return Slot(spec, model.to(device).train(), None, None, covariance=model.fitter())
     if cfg.b_dec_init != "zeros":
@@ -195,7 +197,12 @@ def next_batch(batches, step: int, ranks: Distributed):
 def scaled_inputs(batch, slots: list[Slot], stats: InputStats,
                   device: torch.device) -> dict[str | None, tuple[torch.Tensor, torch.Tensor | None]]:
     """{slot key: (x, y)} on `device`, x times its input scale (E‖x‖ = √d_in, Anthropic April 2024)
-    and a transcoder's target y times its own (E‖y‖ = √d_out); y is None for autoencoders."""
+    and a transcoder's target y times its own (E‖y‖ = √d_out); y is None for autoencoders.
+
+    Batches keep their dtype: a bfloat16 store read for bfloat16 training (`batch_dtype`) is scaled
+    in bfloat16 and goes to autocast as it is (the losses promote to float32 against the model's
+    float32 outputs; what runs outside autocast — PCA's moments, resampling, metrics — takes
+    float32 copies)."""
     inputs: dict[str | None, tuple[torch.Tensor, torch.Tensor | None]] = {}
     for slot in slots:
         if slot.key not in inputs:
@@ -216,7 +223,7 @@ def train_step(slot: Slot, x: torch.Tensor, state: TrainingState, lr: float, max
     tracking. Closed-form models only accumulate their moments (returns (None, None)). Returns
     the forward output and the gradient norm."""
     if slot.covariance is not None:  # PCA: accumulate moments, fit at the end
-        slot.covariance.update(x)
+        slot.covariance.update(x.float())
         return None, None
     for group in slot.optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -234,7 +241,7 @@ def train_step(slot: Slot, x: torch.Tensor, state: TrainingState, lr: float, max
         out = out._replace(loss=out.loss * float("nan"))
     slot.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
-    fired = out.z.detach().amax(0) > 0 if slot.tracker is not None else None
+    fired = None if slot.tracker is None else out.fired if out.fired is not None else out.z.detach().amax(0) > 0
     if parallel is not None:  # average gradients (and the firing) over ranks
         fired = parallel.sync(slot.model, fired)
     if slot.unit_decoder:
@@ -260,7 +267,8 @@ def train_step(slot: Slot, x: torch.Tensor, state: TrainingState, lr: float, max
 def step_metrics(slot: Slot, x, out, state: TrainingState, lr, grad_norm, scale, batch_size) -> dict:
     """Metrics of one model on the current batch: x is what it reconstructs (a transcoder's target),
     in normalised units, `scale` its normalising constant; MSE is reported in raw units."""
-    x_hat = out.x_hat.float()
+    x, x_hat = x.float(), out.x_hat.float()
+    z = as_dense(out.z)  # a sparse path's latents are sparse CSR
     step = state.step
     record = {
         "step": step + 1,
@@ -269,8 +277,8 @@ def step_metrics(slot: Slot, x, out, state: TrainingState, lr, grad_norm, scale,
         **{f"loss_{k}": float(v) for k, v in out.losses.items()},
         "mse": float(metrics.mse(x, x_hat)) / scale**2,
         "fvu": float(metrics.fvu(x, x_hat)),
-        "l0": float(metrics.l0(out.z)),
-        "l1": float(metrics.l1(out.z.float())),
+        "l0": float(metrics.l0(z)),
+        "l1": float(metrics.l1(z.float())),
         "lr": lr,
         **slot.model.schedule_metrics(state),
     }
@@ -309,7 +317,8 @@ def resample(slots: list[Slot], inputs: dict, step: int, verbose: bool, ranks: D
             continue
         dead = slot.tracker.dead_mask(step + 1)
         x, y = inputs[slot.key]
-        n = resample_dead_latents_(slot.model, slot.optimizer, dead, x, target=y) if ranks.is_main else 0
+        n = resample_dead_latents_(slot.model, slot.optimizer, dead, x.float(),
+                                   target=None if y is None else y.float()) if ranks.is_main else 0
         if slot.parallel is not None:
             n = slot.parallel.share_resampled(slot, n)
         if n:

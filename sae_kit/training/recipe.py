@@ -98,6 +98,10 @@ class TrainConfig(JsonConfig):
     """Compute dtype: bfloat16 runs forward passes under autocast (weights stay float32)."""
     device: str | None = None
     """cpu, cuda, cuda:1 …; None means CUDA when present, else CPU."""
+    kernels: Literal["auto", "sparse", "dense"] = "auto"
+    """Training-loss kernels of the sparse architectures: sparse (decoder, ∂W_dec, ∂W_enc through the
+    active pairs), dense (the plain matrix products), or auto: sparse once the code is sparse enough
+    (sae_kit.autoencoders.sparse.SWITCH_DENSITY)."""
     seed: int = 0
     """Seed for init, batch order and noise."""
     log_every: int = 50
@@ -188,6 +192,8 @@ class TrainConfig(JsonConfig):
                 raise SaeKitError(f"{name} must be in [0, 1] (got {getattr(self, name)})")
         if self.lr_warmup_fraction + self.lr_decay_fraction > 1:
             raise SaeKitError("lr warmup and decay fractions add up to more than 1")
+        if self.kernels not in ("auto", "sparse", "dense"):
+            raise SaeKitError(f"--kernels must be auto, sparse or dense (got {self.kernels!r})")
         if self.dtype not in ("float32", "bfloat16"):
             raise SaeKitError(f"--dtype must be float32 or bfloat16 (got {self.dtype!r})")
         if self.b_dec_init not in (None, "zeros", "mean", "geometric_median"):

@@ -145,7 +145,8 @@ class StoreSource:
 
         def batches(skip: int) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
             return self.store.batches(hooks, cfg.batch_size, shuffle=True, seed=cfg.seed, split="train", epochs=None,
-                                      skip_batches=skip, device=self.device, part=self.part)
+                                      skip_batches=skip, device=self.device, part=self.part,
+                                      dtype=self.store.batch_dtype(hooks, cfg.dtype))
         return batches
 
     def state(self) -> None:
