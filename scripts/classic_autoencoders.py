@@ -326,11 +326,22 @@ def write_figures(figures: dict, out: Path) -> str | None:
         pio.write_images(list(figures.values()), [out / f"{name}.png" for name in figures],
                          width=[f.layout.width for f in figures.values()],
                          height=[f.layout.height for f in figures.values()])
+        # on a busy machine kaleido has been seen to return without writing one of them: once more
+        for name in [n for n in figures if not _written(out / f"{n}.png")]:
+            fig = figures[name]
+            pio.write_image(fig, out / f"{name}.png", width=fig.layout.width, height=fig.layout.height)
+        missing = [n for n in figures if not _written(out / f"{n}.png")]
+        if missing:
+            raise RuntimeError(f"kaleido wrote no PNG for {', '.join(missing)}")
     except Exception as err:  # no kaleido or no Chromium: the report stands on its HTML figures
         for name in figures:
             (out / f"{name}.png").unlink(missing_ok=True)
         return f"{type(err).__name__}: {err}".splitlines()[0][:300]
     return None
+
+
+def _written(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
 
 
 # ----------------------------------------------------------------------------- report

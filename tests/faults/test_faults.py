@@ -32,10 +32,15 @@ def references(stages, tmp_path_factory):
 @pytest.mark.parametrize("name", QUICK_STAGES)
 def test_a_kill_and_resume_reach_the_uninterrupted_result(name, stages, references, tmp_path):
     rng = random.Random(sum(map(ord, name)))
-    # the kill lands in the first half of the working period, so it hits a running process
-    result = kill_chain(stages[name], references[name], tmp_path, rng, kills=1, window=0.5)
+    # the kill lands in the first half of the working period; on a busy machine a run can still
+    # finish sooner than the reference did, so the moment is drawn again, earlier, up to 4 times
+    for attempt in range(4):
+        result = kill_chain(stages[name], references[name], tmp_path / f"try-{attempt}", rng, kills=1,
+                            window=0.5 / 2**attempt)
+        if result.kills or result.failed:
+            break
     assert not result.failed, result.failed
-    assert result.kills == 1, "the process ended before the kill"
+    assert result.kills == 1, "the process ended before the kill, 4 times"
     comparison = result.comparison
     assert comparison.identical, comparison.detail
     assert comparison.tokens_lost == comparison.tokens_duplicated == 0
