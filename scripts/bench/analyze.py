@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import time
@@ -29,29 +28,11 @@ from pathlib import Path
 import torch
 
 from sae_kit.analysis import AnalysisConfig, analyze, select_features, stream_feature_stats, token_batches
-from sae_kit.autoencoders import AutoencoderConfig, build_autoencoder, load_autoencoder
+from sae_kit.autoencoders import load_autoencoder
 from sae_kit.dashboard import build_site
 from sae_kit.harvest import ActivationStore, HarvestConfig, harvest
 
-
-def calibrated_sae(store: ActivationStore, hook: str, d_sae: int, seed: int = 0):
-    """A real SparseAutoencoder whose feature densities are log-uniform over [1e-4, 1e-1]."""
-    torch.manual_seed(seed)
-    d_in = store.d_in(hook)
-    x = next(token_batches(store, hook, batch_size=16_384))[0]
-    sae = build_autoencoder(AutoencoderConfig(arch="sae", d_in=d_in, d_sae=d_sae, hook=hook, metadata={
-        "store": str(store.path.resolve()), "hook_module": hook, "model": store.manifest["model"]}))
-    with torch.no_grad():
-        W = torch.randn(d_sae, d_in)
-        W /= W.norm(dim=1, keepdim=True)
-        sae.W_dec.copy_(W)
-        sae.W_enc.copy_(W.T)
-        sae.b_dec.copy_(x.mean(0))
-        pre = sae.pre_activation(x)
-        density = torch.exp(torch.empty(d_sae).uniform_(math.log(1e-4), math.log(1e-1)))
-        rank = ((1 - density) * (x.shape[0] - 1)).round().long()  # per-feature quantile of pre
-        sae.b_enc.copy_(-pre.sort(0).values[rank, torch.arange(d_sae)])
-    return sae.eval()
+from dashboard import calibrated_sae  # the same calibrated SAE, its quantiles a block of features at a time  # noqa: E402
 
 
 def encode_only(store, hook, sae, batch_size, device) -> tuple[int, float]:
