@@ -4,6 +4,8 @@ operating system's errors (a full disk, a read-only directory) that reach the CL
 from __future__ import annotations
 
 import errno
+import os
+import sys
 
 
 class SaeKitError(Exception):
@@ -29,3 +31,20 @@ def describe_os_error(err: OSError) -> str:
     hint = OS_ERROR_HINTS.get(err.errno)
     text = err.strerror or str(err) or type(err).__name__
     return f"{text}{where}" + (f"; {hint}" if hint else "")
+
+
+def print_error_line(text: str) -> None:
+    """Write `text` and its newline to stderr in one write(2).
+
+    Two torchrun ranks share one stderr pipe; `print` writes the text and the newline
+    separately, so their lines could interleave into one. A single write of at most PIPE_BUF
+    (4096) bytes to a pipe is atomic (POSIX), so each rank's line arrives whole."""
+    line = (text + "\n").encode("utf-8", "replace")
+    sys.stderr.flush()
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stderr (pytest, notebooks)
+        sys.stderr.write(line.decode("utf-8"))
+        sys.stderr.flush()
+        return
+    os.write(fd, line)

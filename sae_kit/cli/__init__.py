@@ -16,7 +16,7 @@ import os
 import sys
 
 from sae_kit.cli import analyze, dashboard, demo, evaluate, explain, export, harvest, import_, steer, train
-from sae_kit.errors import SaeKitError, describe_os_error
+from sae_kit.errors import SaeKitError, describe_os_error, print_error_line
 
 COMMANDS = (harvest, train, evaluate, analyze, dashboard, explain, steer, demo, export, import_)
 """Command modules, in the order `sae-kit --help` lists them."""
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # every failure is one line on stderr; --debug shows the traceback
         if debug:
             raise
-        print(f"sae-kit {args.command}: error: {one_line(err)}", file=sys.stderr)
+        print_error_line(f"sae-kit {args.command}: error: {one_line(err)}")
         return 1
     return int(result or 0)
 

@@ -23,7 +23,6 @@ import contextlib
 import datetime
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from sae_kit.errors import SaeKitError
+from sae_kit.errors import SaeKitError, print_error_line
 from sae_kit.lm.models import choose_device
 
 ERROR_KEY = "error"
@@ -151,7 +150,7 @@ class Distributed:
                 return
             if posted and not self._exiting:
                 message = self._watch_client.get(ERROR_KEY).decode()
-                print(f"sae-kit {self.command}: error: {message}", file=sys.stderr, flush=True)
+                print_error_line(f"sae-kit {self.command}: error: {message}")
                 self._watch_client.add(DONE_KEY, 1)
                 os._exit(1)
 

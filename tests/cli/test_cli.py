@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import os
 import shlex
 import subprocess
 import sys
@@ -139,6 +140,21 @@ def test_usage_errors_exit_2_and_runtime_errors_exit_1_with_one_line(tmp_path, c
     with pytest.raises(Exception) as raised:  # --debug shows the real exception instead
         main(["--debug", "evaluate", "--run", str(tmp_path / "nothing")])
     assert "not an autoencoder run directory" in str(raised.value)
+
+
+def test_error_lines_of_processes_sharing_stderr_never_interleave():
+    """torchrun's ranks share one stderr pipe: each error line must arrive whole (one write(2))."""
+    writer = ("import sys; from sae_kit.errors import print_error_line\n"
+              "for i in range(300): print_error_line(f'sae-kit test: error: rank {sys.argv[1]} line {i} ' + 'x' * 200)")
+    read, write = os.pipe()
+    procs = [subprocess.Popen([sys.executable, "-c", writer, str(rank)], stderr=write) for rank in (0, 1)]
+    os.close(write)
+    with open(read, encoding="utf-8") as stream:
+        lines = stream.read().splitlines()
+    assert [p.wait() for p in procs] == [0, 0]
+    assert len(lines) == 600
+    assert all(line.startswith("sae-kit test: error: rank ") and line.endswith("x" * 200) and line.count("error:") == 1
+               for line in lines)
 
 
 # ----------------------------------------------------------------------------- layout

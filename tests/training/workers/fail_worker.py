@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from sae_kit.errors import SaeKitError
+from sae_kit.errors import SaeKitError, print_error_line
 from sae_kit.training.distributed import session
 
 try:
@@ -15,5 +15,5 @@ try:
             raise RuntimeError("a failure injected on rank 1")
         ranks.all_reduce_(torch.ones(1))  # rank 0 blocks here: rank 1 never joins
 except SaeKitError as err:
-    print(f"sae-kit test: error: {err}", file=sys.stderr, flush=True)
+    print_error_line(f"sae-kit test: error: {err}")  # one write: the ranks share stderr
     sys.exit(1)
