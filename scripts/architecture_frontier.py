@@ -29,14 +29,21 @@ from pathlib import Path
 
 import torch
 
-from sae_kit.artifacts import PLOTLY_FILE, atomic_write_json, atomic_write_text, write_plotly_js
+from sae_kit.artifacts import (
+    PLOTLY_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    write_plotly_js,
+)
 from sae_kit.autoencoders import ARCHITECTURES, TrainingState
 from sae_kit.evaluation import EvalConfig, evaluate
 from sae_kit.harvest import ActivationStore, HarvestConfig, harvest
 from sae_kit.training import TrainConfig, make_slot, train
 from sae_kit.training.checkpoint import find_checkpoint
+from sae_kit.training.derive import resolve
+from sae_kit.training.input_stats import InputStats
 from sae_kit.training.loop import train_step
-from sae_kit.training.recipe import InputStats, model_specs, resolve
+from sae_kit.training.specs import model_specs
 
 ARCHS = ("sae", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
 FULL = dict(ks=(16, 32, 64, 128), l1_coefficients=(1.0, 2.0, 5.0, 10.0, 20.0),

@@ -47,7 +47,9 @@ from sae_kit import __version__
 from sae_kit.autoencoders import Autoencoder, AutoencoderConfig, build_autoencoder
 from sae_kit.evaluation import metrics as metric_fns
 from sae_kit.training import fit, make_slot
-from sae_kit.training.recipe import ModelSpec, TrainConfig, estimate_input_stats
+from sae_kit.training.input_stats import estimate_input_stats
+from sae_kit.training.recipe import TrainConfig
+from sae_kit.training.specs import ModelSpec
 
 
 @dataclass(frozen=True)

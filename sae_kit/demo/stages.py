@@ -28,7 +28,7 @@ from sae_kit.steering.report import write_report
 from sae_kit.steering.sweep import Condition, run_steering
 from sae_kit.training import TrainConfig, train
 from sae_kit.training.checkpoint import find_checkpoint
-from sae_kit.training.recipe import derived_batch_size
+from sae_kit.training.derive import derived_batch_size
 
 STEER_MIN_DENSITY = 1e-3
 STEER_MAX_DENSITY = 1e-2

@@ -27,8 +27,10 @@ import torch
 from sae_kit.autoencoders.registry import ARCHITECTURES
 from sae_kit.errors import SaeKitError
 from sae_kit.evaluation import metrics
+from sae_kit.training.input_stats import InputStats
 from sae_kit.training.loop import fit, make_slot
-from sae_kit.training.recipe import InputStats, TrainConfig, model_specs
+from sae_kit.training.recipe import TrainConfig
+from sae_kit.training.specs import model_specs
 
 
 @dataclass(frozen=True)

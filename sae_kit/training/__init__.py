@@ -11,8 +11,10 @@
     dead_latents   which latents have not fired lately, and Anthropic's 2023 resampling
 """
 
+from sae_kit.training.input_stats import InputStats
 from sae_kit.training.loop import Slot, fit, make_slot
-from sae_kit.training.recipe import InputStats, ModelSpec, TrainConfig, model_specs
+from sae_kit.training.recipe import TrainConfig
 from sae_kit.training.run import train
+from sae_kit.training.specs import ModelSpec, model_specs
 
 __all__ = ["InputStats", "ModelSpec", "Slot", "TrainConfig", "fit", "make_slot", "model_specs", "train"]

@@ -26,14 +26,21 @@ import torch
 from tqdm.auto import tqdm
 
 from sae_kit import faults
-from sae_kit.autoencoders import Autoencoder, ForwardOutput, TrainingState, build_autoencoder
+from sae_kit.autoencoders import (
+    Autoencoder,
+    ForwardOutput,
+    TrainingState,
+    build_autoencoder,
+)
 from sae_kit.autoencoders.sparse import as_dense
 from sae_kit.errors import SaeKitError
 from sae_kit.evaluation import metrics
 from sae_kit.training.checkpoint import find_checkpoint, write_checkpoint
 from sae_kit.training.dead_latents import DeadLatentTracker, resample_dead_latents_
 from sae_kit.training.distributed import SINGLE, AgreedError, Distributed
-from sae_kit.training.recipe import InputStats, ModelSpec, TrainConfig, l1_scale_at, lr_at
+from sae_kit.training.input_stats import InputStats
+from sae_kit.training.recipe import TrainConfig, l1_scale_at, lr_at
+from sae_kit.training.specs import ModelSpec
 
 METRICS_FILE = "metrics.jsonl"
 BatchSource = Callable[[int], Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]]]
@@ -80,7 +87,7 @@ def make_slot(spec: ModelSpec, cfg: TrainConfig, device: torch.device, window_st
               stats: InputStats) -> Slot:
     """Build and initialise one model (every model of a run starts from the seed's init)."""
     if not cfg.resolved:
-        raise ValueError("make_slot needs a resolved TrainConfig: call sae_kit.training.recipe.resolve first")
+        raise ValueError("make_slot needs a resolved TrainConfig: call sae_kit.training.derive.resolve first")
     torch.manual_seed(cfg.seed)
     model = build_autoencoder(spec.cfg)
     model.kernels = cfg.kernels
@@ -115,7 +122,7 @@ def fit(
     """Train `slots` for steps start_step..n_steps-1 on batches_from(start_step). Returns True when
     finished, False when stopped early by `stop_after_steps` (as a kill would, after the last
     checkpoint). Writes metrics.jsonl per slot and checkpoints under checkpoint_dir (if given),
-    with `checkpoint_extra` added to their state.json. `cfg` must be resolved (`recipe.resolve`).
+    with `checkpoint_extra` added to their state.json. `cfg` must be resolved (`derive.resolve`).
     Batches of pairs (x, y) train the models to predict y from x (transcoders).
 
     Under torchrun (`ranks`), every rank runs this loop in step: each slot's `parallel` averages
@@ -124,7 +131,7 @@ def fit(
     source's own resume state (an on-the-fly buffer) to store in each checkpoint."""
     if not cfg.resolved:
         raise ValueError("fit needs a resolved TrainConfig (batch_size, lr, b_dec_init set): call "
-                         "sae_kit.training.recipe.resolve first")
+                         "sae_kit.training.derive.resolve first")
     B = cfg.batch_size
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16"
                 else contextlib.nullcontext())

@@ -1,6 +1,7 @@
-"""The training recipe: `TrainConfig` (its defaults are the recipe), the settings derived from
-the size of a run (`resolve`), schedules, model specs and input statistics. Pure configuration
-and arithmetic; the loop is in `sae_kit.training.loop`.
+"""The training recipe: `TrainConfig` (its defaults are the recipe) and its schedules. Pure
+configuration and arithmetic. Beside it: the settings derived from a run's size
+(`sae_kit.training.derive`), the models of a run and their memory (`sae_kit.training.specs`),
+the input statistics (`sae_kit.training.input_stats`); the loop is in `sae_kit.training.loop`.
 
 Defaults follow Anthropic's April 2024 update ("Training SAEs"), as used by SAELens and
 dictionary_learning: inputs scaled so E‖x‖ = √d_in; Adam (β 0.9, 0.999), lr 5e-5; λ = 5
@@ -8,20 +9,17 @@ warmed up linearly over the first 5 % of steps; lr decayed linearly to 0 over th
 gradient-norm clipping at 1; batches of 4096 tokens. Those assume ~10⁸–10⁹ training tokens;
 for the 10⁵–10⁷ of a first run they leave an SAE worse than the mean (FVU > 1), so the
 training tokens, batch size and lr that the user leaves open are derived from the run's size
-(`resolve`, rules in its docstring), and runs of 10⁸+ tokens get the recipe unchanged.
+(`derive.resolve`, rules in its docstring), and runs of 10⁸+ tokens get the recipe unchanged.
 A transcoder (`--target`) is trained on pairs (x, y) from two hooks of the same store, each scaled to
 E‖·‖ = √d by its own constant.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
-from sae_kit.autoencoders import ARCHITECTURES, ARCHS, AutoencoderConfig, architecture
+from sae_kit.autoencoders import ARCHITECTURES, ARCHS, architecture
 from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
 
@@ -248,103 +246,6 @@ class TrainConfig(JsonConfig):
         return None not in (self.batch_size, self.lr, self.b_dec_init)
 
 
-# ----------------------------------------------------------------------------- settings derived from the run's size
-
-RECIPE_TOKENS = 100_000_000
-"""From 10⁸ training tokens on, the April 2024 recipe applies unchanged (batch 4096, lr 5e-5)."""
-RECIPE_BATCH = 4096
-RECIPE_LR = 5e-5
-RECIPE_STEPS = RECIPE_TOKENS // RECIPE_BATCH
-"""24,414 steps: the shortest run the recipe's lr is used for."""
-SHORT_RUN = (977, 5e-4)
-"""(steps, lr) of the measured short-run anchor: 1M tokens of the default store at batch 1024 and
-lr 5e-4 reach held-out FVU 0.154 at L0 68 with 0.1 % dead latents (the committed demo report)."""
-LR_EXPONENT = math.log(RECIPE_LR / SHORT_RUN[1]) / math.log(SHORT_RUN[0] / RECIPE_STEPS)
-"""≈ 0.716: lr ∝ steps^−0.716, the power law through the recipe's point and the short-run anchor."""
-MIN_DEFAULT_TOKENS = 1_000_000
-"""Default training tokens for a small store (passed over several times): the short-run anchor."""
-STEPS_PER_BATCH_RULE = 1000
-"""The derived batch is the power of two nearest to tokens / 1000, in [256, 4096]: about a
-thousand steps for short runs (fewer, larger steps left most latents dead in our measurements:
-400k tokens at batch 4096 gave 37 % dead latents, at batch 1024 under 6 %)."""
-SHORT_RUN_WARNING_STEPS = 300
-"""Fewer steps than this train poorly whatever the lr: the run warns."""
-
-
-@dataclass(frozen=True)
-class Derived:
-    """One setting `resolve` derived because the user left it open."""
-
-    field: str
-    """The TrainConfig field."""
-    value: object
-    """The value it got."""
-    rule: str
-    """Why (the rule and its source or measurement), printed at start and saved in config.json."""
-
-
-def derived_batch_size(tokens: int) -> int:
-    """Batch size for a run of `tokens` tokens: 2^round(log2(tokens / 1000)) clamped to [256, 4096]."""
-    exponent = round(math.log2(max(tokens / STEPS_PER_BATCH_RULE, 1)))
-    return int(min(RECIPE_BATCH, max(256, 2**exponent)))
-
-
-def derived_lr(steps: int) -> float:
-    """lr for a run of `steps` steps: 5e-5 · (24,414 / steps)^0.716, clamped to [5e-5, 2e-3] (the
-    recipe's lr from 24,414 steps on; 5e-4 at 977 steps, the measured short-run anchor)."""
-    lr = RECIPE_LR * (RECIPE_STEPS / max(steps, 1)) ** LR_EXPONENT
-    return float(f"{min(2e-3, max(RECIPE_LR, lr)):.3g}")
-
-
-def resolve(cfg: TrainConfig, train_tokens: int) -> tuple[TrainConfig, tuple[Derived, ...]]:
-    """The settings the user left open (None), derived from the run's size; explicit values win.
-
-    - tokens: one pass over the train split, at least MIN_DEFAULT_TOKENS (1M; a smaller store is
-      passed over several times);
-    - batch_size: the power of two nearest to tokens / 1000, in [256, 4096] (4096 from 4.1M
-      tokens on, the recipe's);
-    - lr: 5e-5 · (24,414 / steps)^0.716 in [5e-5, 2e-3]: the recipe's 5e-5 for 10⁸+ tokens, 5e-4
-      at 977 steps (the measured anchor `SHORT_RUN`), a power law between;
-    - b_dec_init: the geometric median of the data (SAELens' b_dec_init_method, Gao et al. 2024's
-      TopK trainer; in our short runs it reached the same FVU at a lower L0 than zeros).
-    Returns the resolved config (no None left among these fields) and what was derived.
-    """
-    derived: list[Derived] = []
-    tokens = cfg.tokens
-    if tokens is None:
-        tokens = max(train_tokens, MIN_DEFAULT_TOKENS)
-        passes = tokens / max(train_tokens, 1)
-        rule = ("one pass over the store's train split" if tokens == train_tokens else
-                f"{passes:.1f} passes over the store's {train_tokens:,}-token train split (at least "
-                f"{MIN_DEFAULT_TOKENS:,} tokens; the measured short-run anchor)")
-        derived.append(Derived("tokens", tokens, rule))
-    batch = cfg.batch_size
-    if batch is None:
-        batch = derived_batch_size(tokens)
-        derived.append(Derived("batch_size", batch, "the power of two nearest to tokens / 1000, in [256, 4096] "
-                               "(4096, the recipe's, from 4.1M tokens on)"))
-    lr = cfg.lr
-    if lr is None:
-        lr = derived_lr(tokens // batch)
-        derived.append(Derived("lr", lr, f"5e-5 · (24,414 / {tokens // batch:,} steps)^{LR_EXPONENT:.3f}, in "
-                               "[5e-5, 2e-3]: the recipe's lr from 10⁸ tokens on, 5e-4 at 977 steps (measured)"))
-    b_dec_init = cfg.b_dec_init
-    if b_dec_init is None:
-        b_dec_init = "geometric_median"
-        derived.append(Derived("b_dec_init", b_dec_init, "the data's geometric median (SAELens, Gao et al. 2024; "
-                               "measured: the same FVU at a lower L0 than zeros in short runs)"))
-    return cfg.replace(tokens=tokens, batch_size=batch, lr=lr, b_dec_init=b_dec_init), tuple(derived)
-
-
-def short_run_warning(cfg: TrainConfig) -> str | None:
-    """One line when a resolved run has too few steps to train well, saying what to change."""
-    steps = cfg.tokens // cfg.batch_size
-    if steps >= SHORT_RUN_WARNING_STEPS:
-        return None
-    return (f"warning: {steps} steps of {cfg.batch_size:,} tokens is too short to train well (the defaults aim at "
-            f"≥ 1,000): raise --tokens (a small store is then passed over several times) or lower --batch-size")
-
-
 # ----------------------------------------------------------------------------- schedules
 
 
@@ -368,172 +269,3 @@ def l1_scale_at(step: int, n_steps: int, cfg: TrainConfig) -> float:
     return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 
-# ----------------------------------------------------------------------------- the models of a run
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model of a (possibly multi-model) run: its name (sub-directory) and config."""
-
-    name: str
-    """Sub-run name, e.g. 'sae-l1_5', 'topk-k_32', 'pca'."""
-    cfg: AutoencoderConfig
-    """The model's config."""
-
-
-SWEEP_VALUES = {"l1_coefficient": "l1_coefficients", "k": "ks", "l0_coefficient": "l0_coefficients"}
-"""AutoencoderConfig field an architecture sweeps (its `sweep_field`) -> the TrainConfig field listing the values."""
-
-ARCH_OPTIONS = ("jumprelu_sparsity", "jumprelu_bandwidth", "jumprelu_init_threshold", "tanh_scale",
-                "pre_act_loss_coefficient", "jumprelu_threshold_lr_scale", "topk_threshold_lr", "matryoshka_prefixes")
-"""TrainConfig fields passed unchanged to the AutoencoderConfig of every model (each arch reads its own)."""
-
-
-def _fmt(value: float) -> str:
-    return f"{value:g}".replace("+", "")
-
-
-def model_specs(cfg: TrainConfig, d_in: int, hook: str | None = None, metadata: dict | None = None, *,
-                d_out: int | None = None, target_hook: str | None = None) -> list[ModelSpec]:
-    """The models `cfg` asks for, in a stable order: one per arch, times one per value of the
-    field the architecture sweeps (λ for sae, k for topk, either for a transcoder by its
-    activation). Widths follow each architecture's `width`: the dictionary (d_sae or
-    expansion × d_in), the baselines' budget, or PCA components. Transcoders get d_out and
-    target_hook (the target's width and hook)."""
-    widths = {"dictionary": cfg.d_sae or cfg.expansion * d_in,
-              "baseline": cfg.baseline_d_sae or cfg.d_sae or cfg.expansion * d_in,
-              "components": cfg.pca_components or cfg.ks[0]}
-    common = dict(d_in=d_in, hook=hook, metadata=dict(metadata or {}), auxk_coefficient=cfg.auxk_coefficient,
-                  corruption=cfg.corruption, corruption_level=cfg.corruption_level, beta=cfg.beta,
-                  d_out=d_out, target_hook=target_hook, transcoder_activation=cfg.transcoder_activation)
-    common.update({name: getattr(cfg, name) for name in ARCH_OPTIONS})
-    specs: list[ModelSpec] = []
-    for arch in cfg.archs:
-        cls = architecture(arch)
-        fields = dict(common, arch=arch, d_sae=widths[cls.width])
-        if cls.decoder_norm_choice:
-            fields["decoder_norm"] = cfg.decoder_norm
-        if cls.width == "components" and fields["d_sae"] > d_in:
-            raise SaeKitError(f"PCA has at most d_in={d_in} components; lower --pca-components (got {fields['d_sae']})")
-        sweep_field, sweep_label = cls.sweep_for(fields)
-        if sweep_field is None:
-            specs.append(ModelSpec(arch, AutoencoderConfig(**fields)))
-            continue
-        for value in getattr(cfg, SWEEP_VALUES[sweep_field]):
-            name = f"{arch}-{sweep_label}_{_fmt(value)}"
-            specs.append(ModelSpec(name, AutoencoderConfig(**{**fields, sweep_field: value})))
-    return specs
-
-
-def training_bytes(specs: list[ModelSpec], batch_size: int) -> int:
-    """Memory a run needs, roughly: every model's parameters with their gradient and Adam's two
-    moments (4 float32 copies), plus the step's [batch, d_sae] activations and gradients (4 more)."""
-    total = 0
-    for spec in specs:
-        c = spec.cfg
-        d_out = getattr(c, "d_out", None) or c.d_in
-        total += 4 * 4 * (c.d_sae * (c.d_in + d_out) + c.d_sae + d_out)
-        total += 4 * 4 * batch_size * c.d_sae
-    return total
-
-
-def available_bytes(device: torch.device) -> int | None:
-    """Free memory on `device`: the GPU's free memory, or the host's MemAvailable (None if unknown)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def check_memory(specs: list[ModelSpec], batch_size: int, device: torch.device) -> None:
-    """Refuse, before allocating anything, a run that cannot fit in memory, saying what to lower."""
-    need, free = training_bytes(specs, batch_size), available_bytes(device)
-    if free is not None and need > 0.9 * free:
-        widest = max(spec.cfg.d_sae for spec in specs)
-        raise SaeKitError(f"the {len(specs)} model(s) need about {need / 2**30:.1f} GiB ({widest:,} latents, batches of "
-                          f"{batch_size:,}) and {free / 2**30:.1f} GiB is available on {device}; lower --d-sae / "
-                          "--expansion or --batch-size, or train fewer models at once")
-
-
-# ----------------------------------------------------------------------------- input statistics
-
-
-@dataclass(frozen=True)
-class InputStats:
-    """Statistics of raw activations estimated before training (of the input x and, for a
-    transcoder, of its target y: each gets its own scale)."""
-
-    scale: float
-    """The constant s with E‖s·x‖ = √d_in (1.0 when normalisation is off)."""
-    mean: list[float]
-    """Mean of the raw activations [d_in]."""
-    geometric_median: list[float] | None
-    """Geometric median of the raw activations [d_in], when asked for."""
-    n_tokens: int
-    """Tokens the estimate is based on."""
-    target_scale: float | None = None
-    """Transcoders: the constant s_y with E‖s_y·y‖ = √d_out for the target (None: no target)."""
-    target_mean: list[float] | None = None
-    """Transcoders: mean of the raw targets [d_out]."""
-    target_geometric_median: list[float] | None = None
-    """Transcoders: geometric median of the raw targets [d_out], when asked for."""
-
-    @property
-    def output_scale(self) -> float:
-        """The scale of what the models output: the target's, else the input's."""
-        return self.scale if self.target_scale is None else self.target_scale
-
-    def decoder_origin(self, kind: str) -> list[float] | None:
-        """The initial b_dec for b_dec_init `kind` ('mean' | 'geometric_median'), in raw units of
-        the output space (the target's for a transcoder)."""
-        if self.target_scale is not None:
-            return self.target_mean if kind == "mean" else self.target_geometric_median
-        return self.mean if kind == "mean" else self.geometric_median
-
-
-def _moments(x: torch.Tensor, normalize: bool, want_median: bool) -> tuple[float, list[float], list[float] | None]:
-    """(s, mean, geometric median or None) of activations x [n, d]: s = √d / mean_n ‖x_n‖."""
-    mean_norm = float(x.norm(dim=-1).mean())
-    if not math.isfinite(mean_norm) or mean_norm == 0:
-        raise SaeKitError(f"the activations have mean norm {mean_norm}; the store holds zeros or non-finite values")
-    scale = math.sqrt(x.shape[-1]) / mean_norm if normalize else 1.0
-    return scale, x.mean(0).tolist(), geometric_median(x).tolist() if want_median else None
-
-
-@torch.no_grad()
-def estimate_input_stats(batches, n_tokens: int, normalize: bool, want_median: bool) -> InputStats:
-    """Read batches [b, d_in] (or pairs (x [b, d_in], y [b, d_out]) for a transcoder) until
-    n_tokens; s = √d / mean_n ‖x_n‖ for x and, separately, for y (Anthropic, April 2024)."""
-    seen, parts = 0, []
-    for batch in batches:
-        pair = batch if isinstance(batch, tuple) else (batch,)
-        parts.append(tuple(t.detach().to("cpu", torch.float32) for t in pair))
-        seen += pair[0].shape[0]
-        if seen >= n_tokens:
-            break
-    if not parts:
-        raise SaeKitError("no activations to estimate the input scale from; is the store's train split empty?")
-    x = torch.cat([p[0] for p in parts])
-    scale, mean, median = _moments(x, normalize, want_median)
-    target = {}
-    if len(parts[0]) > 1:
-        target_scale, target_mean, target_median = _moments(torch.cat([p[1] for p in parts]), normalize, want_median)
-        target = dict(target_scale=target_scale, target_mean=target_mean, target_geometric_median=target_median)
-    return InputStats(scale=scale, mean=mean, geometric_median=median, n_tokens=x.shape[0], **target)
-
-
-def geometric_median(x: torch.Tensor, iterations: int = 100, tol: float = 1e-6) -> torch.Tensor:
-    """argmin_m Σ_n ‖x_n − m‖ by Weiszfeld's algorithm. x [n, d] -> [d]."""
-    median = x.mean(0)
-    for _ in range(iterations):
-        weights = 1.0 / (x - median).norm(dim=-1).clamp_min(1e-8)
-        new = (weights[:, None] * x).sum(0) / weights.sum()
-        if (new - median).norm() <= tol * median.norm().clamp_min(1e-8):
-            return new
-        median = new
-    return median

@@ -28,13 +28,19 @@ from sae_kit.autoencoders.base import CONFIG_FILE
 from sae_kit.autoencoders.runs import SWEEP_FORMAT
 from sae_kit.errors import SaeKitError
 from sae_kit.harvest.reader import ActivationStore
-from sae_kit.training.checkpoint import find_checkpoint, load_checkpoint, restore_checkpoint
+from sae_kit.training.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    restore_checkpoint,
+)
 from sae_kit.training.dead_latents import DeadLatentTracker
+from sae_kit.training.derive import Derived, resolve, short_run_warning
 from sae_kit.training.distributed import SINGLE, DataParallel, Distributed
+from sae_kit.training.input_stats import InputStats, estimate_input_stats
 from sae_kit.training.loop import METRICS_FILE, Slot, fit, make_slot, summary_table
-from sae_kit.training.recipe import (Derived, InputStats, ModelSpec, TrainConfig, check_memory, estimate_input_stats,
-                                     model_specs, resolve, short_run_warning)
+from sae_kit.training.recipe import TrainConfig
 from sae_kit.training.sharding import LatentSharding, check_shardable
+from sae_kit.training.specs import ModelSpec, check_memory, model_specs
 from sae_kit.training.stream import StreamSource
 
 RESUME_MAY_CHANGE = ("device", "model_device", "log_every", "checkpoint_every_tokens")

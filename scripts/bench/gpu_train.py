@@ -22,7 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sae_kit.training import fit, make_slot  # noqa: E402
-from sae_kit.training.recipe import InputStats, TrainConfig, model_specs  # noqa: E402
+from sae_kit.training.input_stats import InputStats  # noqa: E402
+from sae_kit.training.recipe import TrainConfig  # noqa: E402
+from sae_kit.training.specs import model_specs  # noqa: E402
 
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12}
 """Dense bf16 tensor-core peak in FLOP/s by device-name fragment (vendor data sheets, no sparsity)."""

@@ -35,7 +35,9 @@ from sae_kit.lm.corpus import CorpusSpec
 from sae_kit.lm.hooks import resolve_hooks, run_to_hooks
 from sae_kit.lm.models import load_model
 from sae_kit.training import fit, make_slot
-from sae_kit.training.recipe import InputStats, TrainConfig, model_specs
+from sae_kit.training.input_stats import InputStats
+from sae_kit.training.recipe import TrainConfig
+from sae_kit.training.specs import model_specs
 from sae_kit.training.stream import ActivationStream, lm_batches
 
 PEER_SCRIPT = Path(__file__).with_name("_saelens_stream.py")

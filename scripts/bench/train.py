@@ -51,7 +51,9 @@ from sae_kit.artifacts import atomic_save_tensors, atomic_write_text  # noqa: E4
 from sae_kit.evaluation import metrics  # noqa: E402
 from sae_kit.harvest import ActivationStore  # noqa: E402
 from sae_kit.training import fit, make_slot  # noqa: E402
-from sae_kit.training.recipe import InputStats, TrainConfig, estimate_input_stats, model_specs  # noqa: E402
+from sae_kit.training.input_stats import InputStats, estimate_input_stats  # noqa: E402
+from sae_kit.training.recipe import TrainConfig  # noqa: E402
+from sae_kit.training.specs import model_specs  # noqa: E402
 
 ARCHS = ("sae", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
 PEERS = {  # peer -> (virtualenv, what pip installs, extra pip flags, architectures it trains)

@@ -16,8 +16,9 @@ from sae_kit.cli import main as cli_main
 from sae_kit.harvest import ActivationStore, HarvestConfig, harvest
 from sae_kit.training import train
 from sae_kit.training.checkpoint import find_checkpoint
+from sae_kit.training.input_stats import InputStats
 from sae_kit.training.loop import scaled_inputs
-from sae_kit.training.recipe import InputStats, TrainConfig
+from sae_kit.training.recipe import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,14 +9,27 @@ import json
 import pytest
 import torch
 
-from sae_kit.autoencoders import ARCHS, AutoencoderConfig, build_autoencoder, load_autoencoder
+from sae_kit.autoencoders import (
+    ARCHS,
+    AutoencoderConfig,
+    build_autoencoder,
+    load_autoencoder,
+)
 from sae_kit.cli import main as cli_main
 from sae_kit.errors import SaeKitError
 from sae_kit.harvest import ActivationStore
 from sae_kit.training import fit, make_slot, train
-from sae_kit.training.checkpoint import find_checkpoint, load_checkpoint, optimizer_from_tensors, optimizer_to_tensors
+from sae_kit.training.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+)
 from sae_kit.training.dead_latents import DeadLatentTracker, resample_dead_latents_
-from sae_kit.training.recipe import InputStats, TrainConfig, l1_scale_at, lr_at, model_specs, resolve
+from sae_kit.training.derive import resolve
+from sae_kit.training.input_stats import InputStats
+from sae_kit.training.recipe import TrainConfig, l1_scale_at, lr_at
+from sae_kit.training.specs import model_specs
 
 
 def small(tiny_store, out, **overrides) -> TrainConfig:

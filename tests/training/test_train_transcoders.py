@@ -11,13 +11,19 @@ import math
 import pytest
 import torch
 
-from sae_kit.autoencoders import AutoencoderConfig, RunInfo, build_autoencoder, load_autoencoder
+from sae_kit.autoencoders import (
+    AutoencoderConfig,
+    RunInfo,
+    build_autoencoder,
+    load_autoencoder,
+)
 from sae_kit.cli import main as cli_main
 from sae_kit.harvest import ActivationStore
 from sae_kit.training import train
 from sae_kit.training.checkpoint import find_checkpoint, load_checkpoint
 from sae_kit.training.dead_latents import resample_dead_latents_
-from sae_kit.training.recipe import TrainConfig, estimate_input_stats
+from sae_kit.training.input_stats import estimate_input_stats
+from sae_kit.training.recipe import TrainConfig
 
 IN, OUT = "model.layers.1.mlp:input", "model.layers.1.mlp"
 
