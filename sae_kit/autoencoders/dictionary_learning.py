@@ -42,7 +42,6 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 
@@ -52,12 +51,11 @@ from sae_kit.autoencoders.base import Autoencoder
 from sae_kit.autoencoders.batchtopk import BatchTopKSparseAutoencoder
 from sae_kit.autoencoders.config import AutoencoderConfig
 from sae_kit.autoencoders.gated import GatedSparseAutoencoder
+from sae_kit.autoencoders.imported import ImportConfig, write_imported_run
 from sae_kit.autoencoders.jumprelu import JumpReLUSparseAutoencoder
 from sae_kit.autoencoders.matryoshka import MatryoshkaSparseAutoencoder
 from sae_kit.autoencoders.sae import SparseAutoencoder
-from sae_kit.autoencoders.saelens import write_imported_run
 from sae_kit.autoencoders.topk import TopKSparseAutoencoder
-from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
 
 DL_WEIGHTS = "ae.pt"
@@ -241,24 +239,7 @@ def load_threshold_(model: Autoencoder, threshold: torch.Tensor, file: Path) -> 
         model.threshold.copy_(threshold.reshape(()))
 
 
-@dataclass(frozen=True)
-class DictionaryLearningImportConfig(JsonConfig):
-    """`sae-kit import dictionary-learning`: a dictionary_learning ae.pt written as an sae-kit run directory."""
-
-    config_name = "dictionary_learning import config"
-
-    path: str
-    """The dictionary_learning directory (ae.pt + config.json, e.g. trainer_0), or its ae.pt."""
-    out: str
-    """The run directory to write (weights.safetensors + config.json)."""
-    hook: str | None = None
-    """The hook point it reads (e.g. resid.3); dictionary_learning records only its own submodule name."""
-    overwrite: bool = False
-    """Replace a run already in --out."""
-
-
-def import_dictionary_learning_run(cfg: DictionaryLearningImportConfig) -> Path:
+def import_dictionary_learning_run(cfg: ImportConfig) -> Path:
     """Import the dictionary_learning directory `cfg.path` as the run directory `cfg.out`; returns cfg.out."""
     model = import_dictionary_learning(cfg.path, hook=cfg.hook)
-    source = Path(cfg.path).resolve()
-    return write_imported_run(model, cfg.out, cfg.overwrite, {"source": "dictionary_learning", "source_path": str(source)})
+    return write_imported_run(model, cfg.out, cfg.overwrite, "dictionary_learning", Path(cfg.path))

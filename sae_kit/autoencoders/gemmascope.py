@@ -28,16 +28,14 @@ from __future__ import annotations
 
 import re
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sae_kit.autoencoders.config import AutoencoderConfig
+from sae_kit.autoencoders.imported import ImportConfig, write_imported_run
 from sae_kit.autoencoders.jumprelu import JumpReLUSparseAutoencoder
-from sae_kit.autoencoders.saelens import write_imported_run
-from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
 
 GEMMASCOPE_PARAMS = "params.npz"
@@ -134,24 +132,7 @@ def import_gemmascope(path: str | Path, device: str | torch.device | None = None
     return model.to(device or "cpu").eval()
 
 
-@dataclass(frozen=True)
-class GemmascopeImportConfig(JsonConfig):
-    """`sae-kit import gemmascope`: a Gemma Scope params.npz written as an sae-kit run directory."""
-
-    config_name = "Gemma Scope import config"
-
-    path: str
-    """The Gemma Scope SAE: its params.npz or the directory holding it (layer_L/width_W/average_l0_N)."""
-    out: str
-    """The run directory to write (weights.safetensors + config.json)."""
-    hook: str | None = None
-    """The hook point it reads (e.g. resid.12); None: read from a path laid out as the release, else unknown."""
-    overwrite: bool = False
-    """Replace a run already in --out."""
-
-
-def import_gemmascope_run(cfg: GemmascopeImportConfig) -> Path:
+def import_gemmascope_run(cfg: ImportConfig) -> Path:
     """Import the Gemma Scope SAE `cfg.path` as the run directory `cfg.out`; returns cfg.out."""
     model = import_gemmascope(cfg.path, hook=cfg.hook)
-    source = gemmascope_file(cfg.path).resolve()
-    return write_imported_run(model, cfg.out, cfg.overwrite, {"source": "gemma-scope", "source_path": str(source)})
+    return write_imported_run(model, cfg.out, cfg.overwrite, "gemma-scope", gemmascope_file(cfg.path))

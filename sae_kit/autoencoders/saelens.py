@@ -50,8 +50,9 @@ import torch
 from safetensors.torch import load_file
 
 from sae_kit.artifacts import atomic_save_tensors, atomic_write_json
-from sae_kit.autoencoders.base import CONFIG_FILE, Autoencoder
+from sae_kit.autoencoders.base import Autoencoder
 from sae_kit.autoencoders.config import AutoencoderConfig
+from sae_kit.autoencoders.imported import write_imported_run
 from sae_kit.autoencoders.registry import ARCHITECTURES, build_autoencoder
 from sae_kit.autoencoders.runs import RunInfo, load_autoencoder
 from sae_kit.config import JsonConfig
@@ -275,17 +276,7 @@ def export_saelens_run(cfg: SaelensExportConfig) -> Path:
                           context_size=cfg.context_size, dataset_path=cfg.dataset_path)
 
 
-def write_imported_run(model: Autoencoder, out: str | Path, overwrite: bool, source: dict) -> Path:
-    """Save an imported model as a normal run directory (load_autoencoder, evaluate, analyze,
-    dashboard and steer open it; the store and language model are then given with --store/--model)."""
-    out = Path(out)
-    if (out / CONFIG_FILE).exists() and not overwrite:
-        raise SaeKitError(f"{out} already holds a run; choose another --out or pass --overwrite")
-    provenance = {**RunInfo.of(model).to_metadata(), **source}
-    return model.save(out, extra={"name": out.name, "provenance": provenance})
-
-
 def import_saelens_run(cfg: SaelensImportConfig) -> Path:
     """Import the SAELens directory `cfg.path` as the run directory `cfg.out`; returns cfg.out."""
     model = import_saelens(cfg.path, norm_scaling_factor=cfg.norm_scaling_factor)
-    return write_imported_run(model, cfg.out, cfg.overwrite, {"source": "saelens", "source_path": str(Path(cfg.path).resolve())})
+    return write_imported_run(model, cfg.out, cfg.overwrite, "saelens", Path(cfg.path))

@@ -33,8 +33,8 @@ from safetensors.torch import load_file
 
 from sae_kit.autoencoders.base import Autoencoder
 from sae_kit.autoencoders.config import AutoencoderConfig
+from sae_kit.autoencoders.imported import write_imported_run
 from sae_kit.autoencoders.registry import ARCHITECTURES, build_autoencoder
-from sae_kit.autoencoders.saelens import write_imported_run
 from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
 
@@ -129,4 +129,4 @@ def import_sparsify_run(cfg: SparsifyImportConfig) -> Path:
     """Import one sparsify coder as the run directory `cfg.out`; returns cfg.out."""
     model = import_sparsify(cfg.path, cfg.hookpoint)
     source = resolve_hookpoint_dir(cfg.path, cfg.hookpoint)
-    return write_imported_run(model, cfg.out, cfg.overwrite, {"source": "sparsify", "source_path": str(source.resolve())})
+    return write_imported_run(model, cfg.out, cfg.overwrite, "sparsify", source)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from sae_kit.autoencoders.dictionary_learning import DictionaryLearningImportConfig, import_dictionary_learning_run
-from sae_kit.autoencoders.gemmascope import GemmascopeImportConfig, import_gemmascope_run
+from sae_kit.autoencoders.dictionary_learning import import_dictionary_learning_run
+from sae_kit.autoencoders.gemmascope import import_gemmascope_run
+from sae_kit.autoencoders.imported import ImportConfig
 from sae_kit.autoencoders.saelens import SaelensImportConfig, import_saelens_run
 from sae_kit.autoencoders.sparsify import SparsifyImportConfig, import_sparsify_run
 from sae_kit.config import add_config_flags, config_from_args
@@ -19,10 +20,10 @@ FORMATS = {
                 "matryoshka_batchtopk) as a run directory."),
     "sparsify": (SparsifyImportConfig, import_sparsify_run, "an EleutherAI sparsify sparse coder (cfg.json + sae.safetensors)",
                  "Import one hook point of an EleutherAI sparsify checkpoint (TopK SAEs) as a run directory."),
-    "gemmascope": (GemmascopeImportConfig, import_gemmascope_run, "a Gemma Scope params.npz (JumpReLU)",
+    "gemmascope": (ImportConfig, import_gemmascope_run, "a Gemma Scope params.npz (JumpReLU)",
                    "Import a Gemma Scope SAE (params.npz: W_enc, W_dec, b_enc, b_dec, threshold) as a jumprelu run "
                    "directory."),
-    "dictionary-learning": (DictionaryLearningImportConfig, import_dictionary_learning_run,
+    "dictionary-learning": (ImportConfig, import_dictionary_learning_run,
                             "a dictionary_learning ae.pt + config.json",
                             "Import a dictionary_learning dictionary (AutoEncoder, AutoEncoderTopK, BatchTopKSAE, "
                             "MatryoshkaBatchTopKSAE, JumpReluAutoEncoder, GatedAutoEncoder; ae.pt read with "
