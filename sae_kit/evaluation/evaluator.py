@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from sae_kit.artifacts import atomic_write_json, atomic_write_text
-from sae_kit.autoencoders import Autoencoder, load_autoencoder, run_dirs, run_info
+from sae_kit.autoencoders import Autoencoder, RunInfo, load_autoencoder, run_dirs, run_info
 from sae_kit.config import JsonConfig
 from sae_kit.errors import SaeKitError
 from sae_kit.evaluation.core import CoreSums, core_metrics
@@ -303,13 +303,13 @@ def evaluate(cfg: EvalConfig, *, lm=None) -> dict[str, dict]:
     the eval split and one set of clean / ablated language-model passes; a run of several hooks
     (on the fly) is evaluated hook by hook, each on its own activations. `lm` reuses an already
     loaded `sae_kit.lm.models.LoadedModel` instead of loading cfg.model / the store's model."""
-    groups: dict[tuple, dict[str, Path]] = {}
+    groups: dict[tuple, tuple[RunInfo, dict[str, Path]]] = {}
     for name, path in run_dirs(cfg.run).items():
-        info = run_info(path)
-        groups.setdefault((info.store, info.stored_hook, info.stored_target), {})[name] = path
+        info = run_info(path)  # read once: a foreign format's files are parsed here, not again per group
+        groups.setdefault((info.store, info.stored_hook, info.stored_target), (info, {}))[1][name] = path
     results: dict[str, dict] = {}
-    for dirs in groups.values():
-        group, lm = _evaluate_group(cfg, dirs, lm)
+    for info, dirs in groups.values():
+        group, lm = _evaluate_group(cfg, info, dirs, lm)
         results.update(group)
     store_path = next(iter(results.values()))["store"]
     hooks = ", ".join(dict.fromkeys(r["hook"] + (f", predicting {r['target']}" if r.get("target") else "")
@@ -321,9 +321,9 @@ def evaluate(cfg: EvalConfig, *, lm=None) -> dict[str, dict]:
     return results
 
 
-def _evaluate_group(cfg: EvalConfig, dirs: dict[str, Path], lm) -> tuple[dict[str, dict], object]:
-    """evaluate() for runs of one store and hook; returns (name -> metrics, the language model used)."""
-    info = run_info(next(iter(dirs.values())))
+def _evaluate_group(cfg: EvalConfig, info: RunInfo, dirs: dict[str, Path], lm) -> tuple[dict[str, dict], object]:
+    """evaluate() for runs of one store and hook (`info`: the provenance of the first of them);
+    returns (name -> metrics, the language model used)."""
     store_path = info.store_path(cfg.store)
     store = ActivationStore(store_path)
     hook = store.resolve_hook_name(cfg.hook or info.stored_hook)

@@ -13,9 +13,13 @@ hook and corpus:
       `pip install sae-lens`); SAELens cannot read our GGUF file (its HookedProxyLM loads the
       tokenizer without `gguf_file`), so the model is saved once as a plain Hugging Face
       directory that both sides load. Steady-state tokens/s from two run lengths.
+With --sparse-start L0, (b) and (t) start the L1 SAE with its encoder bias shifted so that L0 ≈ L0
+on the first real rows: the code of a trained SAE, where a long run spends nearly all its steps
+(from init the L1 code is dense, L0 ≈ d_sae / 2, until λ has warmed up, and every kernel is dense).
 
     python scripts/bench/stream.py --tokens 32k                       # SmolLM2-135M, resid.8, d_sae 4608
-    python scripts/bench/stream.py --model tests-tiny-dir --hook resid.1 --d-sae 256 --no-saelens
+    python scripts/bench/stream.py --tokens 32k --sparse-start 32 --no-saelens   # at trained sparsity
+    python scripts/bench/stream.py --hook resid.2 --d-sae 512 --batch-size 512 --tokens 2k --repeats 1 --no-saelens  # seconds
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ from sae_kit.training.recipe import TrainConfig
 from sae_kit.training.specs import model_specs
 from sae_kit.training.stream import ActivationStream, lm_batches
 
+sys.path.insert(0, str(Path(__file__).parent))
+from train import sparse_start_  # noqa: E402  (the same start as the training benchmark's --sparse-start)
+
 PEER_SCRIPT = Path(__file__).with_name("_saelens_stream.py")
 
 
@@ -55,11 +62,15 @@ def bare_forward(loaded, names, args, n_tokens: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def sae_slot(args, d_in: int):
+def sae_slot(args, d_in: int, rows: torch.Tensor):
+    """A fresh L1 SAE on `rows` [n, d_in] (real activations): at init, or with --sparse-start at L0 ≈ that."""
     cfg = TrainConfig(store="-", out="-", d_sae=args.d_sae, batch_size=args.batch_size, lr=1e-3, log_every=50,
-                      checkpoint_every_tokens=None)
+                      checkpoint_every_tokens=None, b_dec_init="zeros")
     stats = InputStats(scale=1.0, mean=[0.0] * d_in, geometric_median=None, n_tokens=0)
-    return cfg, stats, make_slot(model_specs(cfg, d_in)[0], cfg, torch.device("cpu"), 1000, stats)
+    slot = make_slot(model_specs(cfg, d_in)[0], cfg, torch.device("cpu"), 1000, stats)
+    if args.sparse_start:
+        sparse_start_(slot.model, rows, args.sparse_start / args.d_sae)
+    return cfg, stats, slot
 
 
 def on_the_fly(loaded, names, args, n_steps: int) -> float:
@@ -67,13 +78,13 @@ def on_the_fly(loaded, names, args, n_steps: int) -> float:
     half of the first fill (C rows); every later round computes C/2 new rows and serves C/2, so
     the timed batches pay for exactly their own forward passes."""
     d_in = int(run_to_hooks(loaded.model, torch.zeros(1, 2, dtype=torch.long), names)[names[0]].shape[-1])
-    cfg, stats, slot = sae_slot(args, d_in)
-    slot.key = names[0]  # the stream's batches are {module name: rows}
     stream = ActivationStream(loaded, names, CorpusSpec(), context_len=args.context_len, lm_batch=args.lm_batch,
                               batch_size=args.batch_size, buffer_batches=args.buffer_batches, seed=0,
                               device=torch.device("cpu"))
     batches = stream.batches()
     first_round = [next(batches) for _ in range(args.buffer_batches // 2)]  # the first fill happens here
+    cfg, stats, slot = sae_slot(args, d_in, first_round[0][names[0]])
+    slot.key = names[0]  # the stream's batches are {module name: rows}
     fit(cfg, [slot], lambda skip: iter(first_round), len(first_round), stats, device=torch.device("cpu"), progress=False)
     per_round = args.buffer_batches // 2
     n_steps = max(per_round, n_steps // per_round * per_round)  # whole rounds
@@ -82,9 +93,16 @@ def on_the_fly(loaded, names, args, n_steps: int) -> float:
     return n_steps * args.batch_size / (time.perf_counter() - start)
 
 
-def from_memory(args, d_in: int, n_steps: int) -> float:
-    cfg, stats, slot = sae_slot(args, d_in)
-    pool = [torch.randn(args.batch_size, d_in) for _ in range(2)]
+def real_rows(loaded, names, args) -> list[torch.Tensor]:
+    """Two batches [batch_size, d_in] of real activations at the hook, for (t)."""
+    stream = ActivationStream(loaded, names, CorpusSpec(), context_len=args.context_len, lm_batch=args.lm_batch,
+                              batch_size=args.batch_size, buffer_batches=2, seed=1, device=torch.device("cpu"))
+    batches = stream.batches()
+    return [next(batches)[names[0]].clone() for _ in range(2)]
+
+
+def from_memory(args, d_in: int, n_steps: int, pool: list[torch.Tensor]) -> float:
+    cfg, stats, slot = sae_slot(args, d_in, pool[0])
     fit(cfg, [slot], lambda skip: iter(pool * 1), 2, stats, device=torch.device("cpu"), progress=False)
     start = time.perf_counter()
     fit(cfg, [slot], lambda skip: (pool[i % 2] for i in range(n_steps)), n_steps, stats, device=torch.device("cpu"),
@@ -141,21 +159,25 @@ def main() -> None:
     parser.add_argument("--peers", type=Path, default=Path("/work/main/.venv-peers"), help="side virtualenv with sae-lens")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-stream"))
     parser.add_argument("--no-saelens", action="store_true")
+    parser.add_argument("--sparse-start", type=int, default=0, metavar="L0",
+                        help="start (b) and (t) at L0 ≈ this (a trained SAE's code) instead of at init")
     args = parser.parse_args()
     args.steps = max(2, args.tokens // args.batch_size)
     loaded = load_model(args.model, device="cpu")
     names = resolve_hooks(loaded.model, [args.hook])
     d_in = int(run_to_hooks(loaded.model, torch.zeros(1, 2, dtype=torch.long), names)[names[0]].shape[-1])
+    pool = real_rows(loaded, names, args)
     best: dict[str, float] = {}
     for _ in range(args.repeats):
         for name, measure in (("bare forward", lambda: bare_forward(loaded, names, args, args.tokens)),
                               ("sae-kit on the fly", lambda: on_the_fly(loaded, names, args, args.steps)),
-                              ("sae-kit SAE steps from memory", lambda: from_memory(args, d_in, args.steps))):
+                              ("sae-kit SAE steps from memory", lambda: from_memory(args, d_in, args.steps, pool))):
             best[name] = max(best.get(name, 0.0), measure())
     ideal = 1 / (1 / best["bare forward"] + 1 / best["sae-kit SAE steps from memory"])
     rows = [f"{loaded.name} to {args.hook} ({names[0]}), d_in {d_in}, d_sae {args.d_sae}, batch {args.batch_size}, "
             f"contexts of {args.context_len}, {args.lm_batch} per forward, buffer {args.buffer_batches} batches, "
-            f"{torch.get_num_threads()} threads; best of {args.repeats} interleaved rounds of {args.tokens:,} tokens", "",
+            f"{torch.get_num_threads()} threads; SAE "
+            f"{f'started at L0 ≈ {args.sparse_start}' if args.sparse_start else 'from init'}; best of {args.repeats} interleaved rounds of {args.tokens:,} tokens", "",
             "| | tokens/s | × bare forward |", "|---|---:|---:|"]
     for name, rate in best.items():
         rows.append(f"| {name} | {rate:,.0f} | {rate / best['bare forward']:.2f} |")
