@@ -125,7 +125,8 @@ class Stages:
             raise SaeKitError(f"{self.work} holds a demo run with other settings ({', '.join(changed)}); "
                               "pass --fresh to start over or choose another --work")
         self.state = state or {"config": _jsonable(cfg.to_dict()), "stages": {}}
-        self._save()
+        if not state:  # a resumed run's state file is written again only when a stage finishes
+            self._save()
 
     def done(self, name: str) -> bool:
         return name in self.state["stages"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -23,10 +22,8 @@ def load_script():
 
 def test_frontier_quick_writes_the_report(tiny_store, tmp_path):
     script = load_script()
-    start = time.perf_counter()
     payload = script.main(["--store", str(tiny_store), "--hook", "resid.1", "--work", str(tmp_path / "work"),
                            "--report", str(tmp_path / "report"), "--quick"])
-    assert time.perf_counter() - start < 60
     rows = payload["rows"]
     by_arch = {arch: [r for r in rows if r["arch"] == arch] for arch in script.ARCHS}
     assert all(len(mine) == 3 for mine in by_arch.values()), {a: len(m) for a, m in by_arch.items()}
