@@ -105,39 +105,44 @@ def harvest(cfg: HarvestConfig, *, resume: bool = False, overwrite: bool = False
         ranks.barrier()  # rank 0 has cleared --overwrite's files before anyone writes
     resuming = resume and (out / rank_manifest_name(rank, world)).is_file()
     written = out / (MANIFEST if (out / MANIFEST).is_file() else rank_manifest_name(rank, world))
+    part_done = False
     if resume and written.is_file():
         stored = read_manifest(out, written.name)
         _check_resume_settings(stored, cfg)
-        if stored.get("complete"):
+        if stored.get("complete") and written.name == MANIFEST:
             if main:
                 print(f"{out} is already complete; nothing to do", file=sys.stderr)
             return out
-    # Everything that can be checked without the model, before the ~17 s it takes to load it.
-    check_corpus(cfg.corpus)
-    device = ranks.device(cfg.device) if ranks is not None else cfg.device
-    if loaded is None:
-        facts = check_before_loading(cfg.model, cfg.hooks, cfg.context_len)
-        if facts is not None and facts.d_model and main:
-            per_token = len(cfg.hooks) * facts.d_model * parse_dtype(cfg.dtype).itemsize + META_BYTES_PER_TOKEN
-            _check_disk(out, cfg.n_contexts * cfg.context_len * per_token, quiet=True)
-        loaded = load_model(cfg.model, device=device, dtype=cfg.model_dtype)
-    _check_context_len(loaded, cfg.context_len)
-    module_names = resolve_hooks(loaded.model, list(cfg.hooks))
-    dims = hook_dims(loaded.model, module_names)
-    manifest = {**planned_manifest(cfg, loaded, module_names, dims), **({"world_size": world} if world > 1 else {})}
+        # This rank's part was complete when another rank was killed: it has nothing to write
+        # but must still join the others at the merge (returning here left them waiting).
+        part_done = bool(stored.get("complete"))
     if resume:
         _check_resume_world(out, world)
-    done_contexts = read_manifest(out, rank_manifest_name(rank, world))["n_contexts"] if resuming else 0
-    bytes_per_token = sum(dims.values()) * parse_dtype(cfg.dtype).itemsize + META_BYTES_PER_TOKEN
-    if main:
-        _check_disk(out, max(0, cfg.n_contexts - done_contexts * world) * cfg.context_len * bytes_per_token)
-    if resuming:
-        writer = StoreWriter.resume(out, rank, world)
-        _check_resume_matches(writer.manifest, manifest)
-    else:
-        writer = StoreWriter.create(out, manifest, rank, world)
-    write_shards(cfg, loaded, module_names, dims, writer, progress and main)
-    writer.finish(corpus_exhausted=writer.n_contexts < cfg.n_contexts)
+    if not part_done:
+        # Everything that can be checked without the model, before the ~17 s it takes to load it.
+        check_corpus(cfg.corpus)
+        device = ranks.device(cfg.device) if ranks is not None else cfg.device
+        if loaded is None:
+            facts = check_before_loading(cfg.model, cfg.hooks, cfg.context_len)
+            if facts is not None and facts.d_model and main:
+                per_token = len(cfg.hooks) * facts.d_model * parse_dtype(cfg.dtype).itemsize + META_BYTES_PER_TOKEN
+                _check_disk(out, cfg.n_contexts * cfg.context_len * per_token, quiet=True)
+            loaded = load_model(cfg.model, device=device, dtype=cfg.model_dtype)
+        _check_context_len(loaded, cfg.context_len)
+        module_names = resolve_hooks(loaded.model, list(cfg.hooks))
+        dims = hook_dims(loaded.model, module_names)
+        manifest = {**planned_manifest(cfg, loaded, module_names, dims), **({"world_size": world} if world > 1 else {})}
+        done_contexts = read_manifest(out, rank_manifest_name(rank, world))["n_contexts"] if resuming else 0
+        bytes_per_token = sum(dims.values()) * parse_dtype(cfg.dtype).itemsize + META_BYTES_PER_TOKEN
+        if main:
+            _check_disk(out, max(0, cfg.n_contexts - done_contexts * world) * cfg.context_len * bytes_per_token)
+        if resuming:
+            writer = StoreWriter.resume(out, rank, world)
+            _check_resume_matches(writer.manifest, manifest)
+        else:
+            writer = StoreWriter.create(out, manifest, rank, world)
+        write_shards(cfg, loaded, module_names, dims, writer, progress and main)
+        writer.finish(corpus_exhausted=writer.n_contexts < cfg.n_contexts)
     if world > 1:
         ranks.barrier()
         if main:

@@ -170,9 +170,14 @@ def harvest_args(model_dir, out, *extra) -> list[str]:
 def test_harvest_on_two_ranks_equals_one_process_and_resumes_after_a_kill(tiny_llama_dir, tmp_path):
     two = torchrun(*harvest_args(tiny_llama_dir, tmp_path / "two"))
     killed = torchrun(*harvest_args(tiny_llama_dir, tmp_path / "killed"))
-    rank1 = tmp_path / "killed" / "manifest.rank-1.json"
+    rank0, rank1 = (tmp_path / "killed" / f"manifest.rank-{r}.json" for r in (0, 1))
     wait_until(lambda: len(json.loads(rank1.read_text())["shards"]) >= 2, killed, "rank 1 writing shards")
-    kill_workers(killed, ranks=(1,))  # torchrun then stops rank 0 too
+    # Rank 1 pauses part-way and dies only once rank 0 has finished its own part (the case where the
+    # resumed rank 0 has nothing to write but must still join the merge), then torchrun stops rank 0.
+    os.kill(workers(killed)[1], signal.SIGSTOP)
+    wait_until(lambda: json.loads(rank0.read_text())["complete"], killed, "rank 0 finishing its part")
+    assert not json.loads(rank1.read_text())["complete"]
+    kill_workers(killed, ranks=(1,))
     assert killed.returncode != 0 and not (tmp_path / "killed" / "manifest.json").exists()
     finish(torchrun(*harvest_args(tiny_llama_dir, tmp_path / "killed", "--resume")))
     finish(two)
