@@ -37,7 +37,7 @@ from sae_kit.training.dead_latents import DeadLatentTracker
 from sae_kit.training.derive import Derived, resolve, short_run_warning
 from sae_kit.training.distributed import SINGLE, DataParallel, Distributed
 from sae_kit.training.input_stats import InputStats, estimate_input_stats
-from sae_kit.training.loop import METRICS_FILE, Slot, fit, make_slot, summary_table
+from sae_kit.training.loop import METRICS_FILE, Slot, adam, fit, make_slot, summary_table
 from sae_kit.training.recipe import TrainConfig
 from sae_kit.training.sharding import LatentSharding, check_shardable
 from sae_kit.training.specs import ModelSpec, check_memory, model_specs
@@ -234,7 +234,7 @@ def _spread(slot: Slot, cfg: TrainConfig, ranks: Distributed, device: torch.devi
         raise SaeKitError(f"--shard-latents trains sparse dictionaries only; drop {slot.spec.cfg.arch} from --arch")
     slot.parallel = LatentSharding(ranks, slot.spec.cfg)
     slot.model = slot.parallel.local_model(slot.model)
-    slot.optimizer = torch.optim.Adam(slot.model.optimizer_groups(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    slot.optimizer = adam(slot.model, cfg)
     if slot.tracker is not None:
         slot.tracker = DeadLatentTracker(slot.model.d_sae, window_steps, device=device)
 
