@@ -218,6 +218,27 @@ def test_optimizer_state_round_trips_through_safetensors_and_json():
     assert fresh.param_groups[0]["lr"] == 1e-3 and fresh.param_groups[0]["betas"] == (0.9, 0.999)
 
 
+def test_adam_is_fused_where_torch_has_it_and_takes_the_same_steps_as_torchs_default():
+    from sae_kit.training.loop import adam
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(store="s", out="o", lr=1e-3)
+    models = [build_autoencoder(AutoencoderConfig(arch="sae", d_in=8, d_sae=32)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused = adam(models[0], cfg)
+    plain = torch.optim.Adam(models[1].optimizer_groups(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    if tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 4):
+        assert fused.defaults["fused"] is True
+    for _ in range(5):
+        x = torch.randn(16, 8)
+        for model, optimizer in zip(models, (fused, plain), strict=True):
+            optimizer.zero_grad()
+            model(x).loss.backward()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_dead_latent_tracking_and_resampling():
     tracker = DeadLatentTracker(4, window_steps=3)
     tracker.update(torch.tensor([[0.0, 1.0, 0.0, 0.0]]), step=0)
