@@ -29,12 +29,7 @@ from pathlib import Path
 
 import torch
 
-from sae_kit.artifacts import (
-    PLOTLY_FILE,
-    atomic_write_json,
-    atomic_write_text,
-    write_plotly_js,
-)
+from sae_kit.artifacts import PLOTLY_FILE, atomic_write_json, atomic_write_text, write_plotly_js
 from sae_kit.autoencoders import ARCHITECTURES, TrainingState
 from sae_kit.evaluation import EvalConfig, evaluate
 from sae_kit.harvest import ActivationStore, HarvestConfig, harvest

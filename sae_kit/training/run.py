@@ -28,11 +28,7 @@ from sae_kit.autoencoders.base import CONFIG_FILE
 from sae_kit.autoencoders.runs import SWEEP_FORMAT
 from sae_kit.errors import SaeKitError
 from sae_kit.harvest.reader import ActivationStore
-from sae_kit.training.checkpoint import (
-    find_checkpoint,
-    load_checkpoint,
-    restore_checkpoint,
-)
+from sae_kit.training.checkpoint import find_checkpoint, load_checkpoint, restore_checkpoint
 from sae_kit.training.dead_latents import DeadLatentTracker
 from sae_kit.training.derive import Derived, resolve, short_run_warning
 from sae_kit.training.distributed import SINGLE, DataParallel, Distributed

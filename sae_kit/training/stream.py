@@ -32,19 +32,8 @@ import torch
 
 from sae_kit.autoencoders import RunInfo
 from sae_kit.errors import SaeKitError
-from sae_kit.harvest.harvester import (
-    HarvestConfig,
-    capture_batches,
-    hook_dims,
-    planned_manifest,
-    shard_tensors,
-)
-from sae_kit.harvest.store import (
-    DEFAULT_EVAL_EVERY,
-    MANIFEST,
-    StoreWriter,
-    read_manifest,
-)
+from sae_kit.harvest.harvester import HarvestConfig, capture_batches, hook_dims, planned_manifest, shard_tensors
+from sae_kit.harvest.store import DEFAULT_EVAL_EVERY, MANIFEST, StoreWriter, read_manifest
 from sae_kit.lm.corpus import CorpusSpec, iter_documents, pack_contexts
 from sae_kit.lm.hooks import resolve_hooks
 from sae_kit.lm.models import LoadedModel, load_model

@@ -10,13 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sae_kit.autoencoders import (
-    AutoencoderConfig,
-    SkipTranscoder,
-    TrainingState,
-    Transcoder,
-    build_autoencoder,
-)
+from sae_kit.autoencoders import AutoencoderConfig, SkipTranscoder, TrainingState, Transcoder, build_autoencoder
 from sae_kit.autoencoders.losses import auxk_loss
 from sae_kit.autoencoders.saelens import export_saelens, import_saelens
 from sae_kit.autoencoders.sparsify_transcoder import import_sparsify_transcoder

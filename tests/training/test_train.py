@@ -9,22 +9,12 @@ import json
 import pytest
 import torch
 
-from sae_kit.autoencoders import (
-    ARCHS,
-    AutoencoderConfig,
-    build_autoencoder,
-    load_autoencoder,
-)
+from sae_kit.autoencoders import ARCHS, AutoencoderConfig, build_autoencoder, load_autoencoder
 from sae_kit.cli import main as cli_main
 from sae_kit.errors import SaeKitError
 from sae_kit.harvest import ActivationStore
 from sae_kit.training import fit, make_slot, train
-from sae_kit.training.checkpoint import (
-    find_checkpoint,
-    load_checkpoint,
-    optimizer_from_tensors,
-    optimizer_to_tensors,
-)
+from sae_kit.training.checkpoint import find_checkpoint, load_checkpoint, optimizer_from_tensors, optimizer_to_tensors
 from sae_kit.training.dead_latents import DeadLatentTracker, resample_dead_latents_
 from sae_kit.training.derive import resolve
 from sae_kit.training.input_stats import InputStats

@@ -11,12 +11,7 @@ import math
 import pytest
 import torch
 
-from sae_kit.autoencoders import (
-    AutoencoderConfig,
-    RunInfo,
-    build_autoencoder,
-    load_autoencoder,
-)
+from sae_kit.autoencoders import AutoencoderConfig, RunInfo, build_autoencoder, load_autoencoder
 from sae_kit.cli import main as cli_main
 from sae_kit.harvest import ActivationStore
 from sae_kit.training import train
