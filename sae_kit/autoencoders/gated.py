@@ -31,7 +31,7 @@ from torch import nn
 from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState, need
 from sae_kit.autoencoders.losses import reconstruction_loss, weighted_l1
 from sae_kit.autoencoders.sparse import (Pairs, centred_input, compute_dtype, decode_pairs, dense_pre, encode_at_pairs,
-                                         sampled_density_is_low, sparse_output, wants_sparse)
+                                         sparse_output, wants_sparse)
 
 
 class GatedSparseAutoencoder(Autoencoder):
@@ -94,7 +94,7 @@ class GatedSparseAutoencoder(Autoencoder):
     def training_loss(self, x: torch.Tensor, state: TrainingState) -> ForwardOutput:
         """x [batch, d_in] -> ForwardOutput with losses {'reconstruction', 'l1', 'auxiliary'}; on the
         sparse path when `kernels` asks for it ('auto': when the gate is sparse enough)."""
-        if wants_sparse(self, x, None) and sampled_density_is_low(self, x, lambda pre: pre > 0):
+        if wants_sparse(self, x, lambda pre: pre > 0):
             return self.sparse_training_loss(x, state)
         pi_gate, pi_mag = self.paths(self.centred_projection(x))
         z = self.combine(pi_gate, pi_mag)

@@ -33,7 +33,7 @@ from torch import nn
 from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState
 from sae_kit.autoencoders.losses import reconstruction_loss
 from sae_kit.autoencoders.sparse import (Pairs, centred_input, compute_dtype, decode_pairs, encode_at_pairs,
-                                         sampled_density_is_low, separable_pre, sparse_output, wants_sparse)
+                                         separable_pre, sparse_output, wants_sparse)
 from sae_kit.errors import SaeKitError
 
 
@@ -155,8 +155,7 @@ class JumpReLUSparseAutoencoder(Autoencoder):
         """x [batch, d_in] -> ForwardOutput with losses {'reconstruction', 'l0'} ('step') or
         {'reconstruction', 'tanh'} ('tanh'), and 'pre_act' when latents are dead and its weight > 0."""
         cfg, theta = self.cfg, self.threshold
-        if (cfg.pre_act_loss_coefficient <= 0 and wants_sparse(self, x, None)
-                and sampled_density_is_low(self, x, self.window)):
+        if cfg.pre_act_loss_coefficient <= 0 and wants_sparse(self, x, self.window):
             return self.sparse_training_loss(x, state)
         pre = self.pre_activation(x)
         z = jumprelu(pre, theta, cfg.jumprelu_bandwidth)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState, affine
 from sae_kit.autoencoders.fused import sae_l1_loss
 from sae_kit.autoencoders.losses import reconstruction_loss, weighted_l1
-from sae_kit.autoencoders.sparse import sampled_density_is_low, sparse_relu_l1, wants_sparse
+from sae_kit.autoencoders.sparse import sparse_relu_l1, wants_sparse
 
 
 class SparseAutoencoder(Autoencoder):
@@ -66,7 +66,7 @@ class SparseAutoencoder(Autoencoder):
     def training_loss(self, x: torch.Tensor, state: TrainingState, target: torch.Tensor | None = None) -> ForwardOutput:
         """x [batch, d_in] -> ForwardOutput with losses {'reconstruction', 'l1'}."""
         lam = self.l1_coefficient(state)
-        if wants_sparse(self, x, None) and sampled_density_is_low(self, x, lambda pre: pre > 0):
+        if wants_sparse(self, x, lambda pre: pre > 0):
             return sparse_relu_l1(self, x, x, lam)
         if self.fused and torch.is_grad_enabled() and x.dim() == 2:
             reconstruction, l1, x_hat, z = sae_l1_loss(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, lam)

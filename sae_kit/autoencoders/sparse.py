@@ -258,11 +258,14 @@ def decode_pairs(values: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor 
         return DecoderFromPairs.apply(values, W_dec, b_dec, pairs, dtype)
 
 
-def wants_sparse(model, x: torch.Tensor, density: float | None) -> bool:
+def wants_sparse(model, x: torch.Tensor, density) -> bool:
     """Whether the model's training loss takes the sparse path on this batch x [B, d_in]:
     model.kernels 'sparse' always (with gradients on and a 2-D batch), 'dense' never, 'auto' when
-    the batch is large enough (`MIN_SPARSE_ELEMENTS`) and `density` (None: not known before pre
-    is computed; the caller then asks `sampled_density_is_low`) is at most `switch_density`."""
+    the batch is large enough (`MIN_SPARSE_ELEMENTS`) and the code's density is at most
+    `switch_density`. `density`: the fraction of active pairs when it is fixed (TopK's k / d_sae),
+    or, for a model whose density is known only from pre (L1, JumpReLU, Gated), the function
+    pre -> bool mask of the pairs it would keep, applied to a sample of the batch
+    (`sampled_density`)."""
     mode = getattr(model, "kernels", "auto")
     if mode == "dense" or x.dim() != 2 or not torch.is_grad_enabled():
         return False
@@ -270,7 +273,9 @@ def wants_sparse(model, x: torch.Tensor, density: float | None) -> bool:
         return True
     if x.shape[0] * model.d_sae < MIN_SPARSE_ELEMENTS:
         return False
-    return density is None or density <= switch_density(model, x)
+    if callable(density):
+        density = sampled_density(model, x, density)
+    return density <= switch_density(model, x)
 
 
 def switch_density(model, x: torch.Tensor) -> float:
@@ -285,16 +290,12 @@ def as_dense(z: torch.Tensor) -> torch.Tensor:
     return z.to_dense() if z.layout != torch.strided else z
 
 
-def sampled_density_is_low(model, x: torch.Tensor, active) -> bool:
-    """'auto' for a model whose density is known only from pre (L1, JumpReLU, Gated): pre of the
-    first `DENSITY_SAMPLE_ROWS` tokens (a 1/16 slice of the encoder product at batch 4096), `active`
-    (pre -> bool mask of the pairs it would keep) on it, against `switch_density`. Always True under
-    kernels 'sparse'."""
-    if getattr(model, "kernels", "auto") == "sparse":
-        return True
+def sampled_density(model, x: torch.Tensor, active) -> float:
+    """The density of the pairs `active` (pre -> bool mask) keeps on pre of the batch's first
+    `DENSITY_SAMPLE_ROWS` tokens (a 1/16 slice of the encoder product at batch 4096)."""
     sample = x[:DENSITY_SAMPLE_ROWS]
     pre = dense_pre(model, centred_input(model, sample, compute_dtype(sample)))
-    return float(active(pre).float().mean()) <= switch_density(model, x)
+    return float(active(pre).float().mean())
 
 
 def sparse_output(pairs: Pairs, x_hat: torch.Tensor, z_values: torch.Tensor, terms: dict):

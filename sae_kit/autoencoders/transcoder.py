@@ -32,7 +32,7 @@ from torch import nn
 
 from sae_kit.autoencoders.base import Autoencoder, ForwardOutput, TrainingState
 from sae_kit.autoencoders.losses import auxk_term, reconstruction_loss, weighted_l1
-from sae_kit.autoencoders.sparse import sampled_density_is_low, sparse_relu_l1, sparse_topk, wants_sparse
+from sae_kit.autoencoders.sparse import sparse_relu_l1, sparse_topk, wants_sparse
 from sae_kit.autoencoders.topk import check_k, topk_activation
 from sae_kit.errors import SaeKitError
 
@@ -125,7 +125,7 @@ class Transcoder(Autoencoder):
         y = x if target is None else target
         if self.topk and wants_sparse(self, x, self.cfg.k / self.d_sae):
             return sparse_topk(self, x, y, state, skip=self.skip_term(x))
-        if not self.topk and wants_sparse(self, x, None) and sampled_density_is_low(self, x, lambda pre: pre > 0):
+        if not self.topk and wants_sparse(self, x, lambda pre: pre > 0):
             return sparse_relu_l1(self, x, y, self.l1_coefficient(state), skip=self.skip_term(x))
         pre = self.pre_activation(x)
         z = self.activation(pre)

@@ -26,12 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sae_kit import faults
-from sae_kit.autoencoders import (
-    Autoencoder,
-    ForwardOutput,
-    TrainingState,
-    build_autoencoder,
-)
+from sae_kit.autoencoders import Autoencoder, ForwardOutput, TrainingState, build_autoencoder
 from sae_kit.autoencoders.sparse import as_dense
 from sae_kit.errors import SaeKitError
 from sae_kit.evaluation import metrics
@@ -260,7 +255,9 @@ def train_step(slot: Slot, x: torch.Tensor, state: TrainingState, lr: float, max
         out = out._replace(loss=out.loss * float("nan"))
     slot.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
-    fired = None if slot.tracker is None else out.fired if out.fired is not None else out.z.detach().amax(0) > 0
+    fired = None  # [d_sae] bool for the dead-latent tracker: a sparse path knows it from its pairs
+    if slot.tracker is not None:
+        fired = out.fired if out.fired is not None else out.z.detach().amax(0) > 0
     if parallel is not None:  # average gradients (and the firing) over ranks
         fired = parallel.sync(slot.model, fired)
     if slot.unit_decoder:
